@@ -1,0 +1,8 @@
+"""Shared pytest fixtures; topic fixtures live in tests/fixtures_*.py and are registered here."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest_plugins: list[str] = []

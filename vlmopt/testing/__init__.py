@@ -1,0 +1,1 @@
+"""vlmopt.testing"""
