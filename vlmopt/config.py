@@ -115,6 +115,14 @@ class TaskSpec(_Section):
     )
     reasoning: bool = Field(False, description="Let the model write its reasoning before the answer.")
     structured_generation: bool = Field(True, description="Constrain decoding to the output schema.")
+    adapter: Literal["compact", "dspy"] = Field(
+        "compact",
+        description="Prompt framing: 'compact' (instruction, demos, image; best for small VLMs) or "
+        "'dspy' (DSPy's JSONAdapter when structured, else ChatAdapter).",
+    )
+    normalize_labels: bool = Field(
+        False, description="Free-text answers: match labels ignoring case, punctuation and a plural 's'."
+    )
     system_prompt: str | None = None
     user_prompt: str | None = None
 

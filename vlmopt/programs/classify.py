@@ -1,0 +1,63 @@
+"""The ``Classify`` module: one typed prediction per image, invalid answers kept, never raised.
+
+It wraps ``dspy.Predict`` (or ``dspy.ChainOfThought`` when reasoning is on) so MIPROv2 can
+rewrite its instructions and demos, and binds the prompt adapter to the program — the framing is
+part of what is optimized and frozen, not a global setting.
+
+Every prediction carries, besides the answer fields:
+
+* ``valid`` — False when the model's answer was not in the label set (answer fields are None);
+* ``raw_output`` — the model's text, valid or not;
+* ``label_normalized`` — True when opt-in normalisation was needed to match a label.
+
+Example::
+
+    program = create_program(cfg.task, labels=["cat", "dog"])
+    with dspy.context(lm=lm):
+        pred = program(image=dspy.Image("cat.jpg"))
+    pred.label, pred.valid, pred.raw_output
+"""
+
+from __future__ import annotations
+
+import dspy
+from dspy.utils.exceptions import AdapterParseError
+
+from vlmopt.config import TaskSpec
+from vlmopt.programs.adapter import NORMALIZED_KEY, RAW_KEY, create_adapter
+from vlmopt.programs.signatures import answer_fields, make_signature
+
+
+class Classify(dspy.Module):
+    """Image in, typed answer out; see the module docstring for the prediction's extra fields."""
+
+    def __init__(self, signature: type[dspy.Signature], *, reasoning: bool = False, adapter=None):
+        super().__init__()
+        self.predict = dspy.ChainOfThought(signature) if reasoning else dspy.Predict(signature)
+        self.adapter = adapter or create_adapter("compact", structured=True)
+
+    @property
+    def signature(self) -> type[dspy.Signature]:
+        """The signature as optimized (instructions included)."""
+        predictor = self.predict.predict if isinstance(self.predict, dspy.ChainOfThought) else self.predict
+        return predictor.signature
+
+    def forward(self, image: dspy.Image) -> dspy.Prediction:
+        with dspy.context(adapter=self.adapter):
+            try:
+                pred = self.predict(image=image)
+            except AdapterParseError as err:
+                return self._invalid(err.lm_response)
+        pred.valid = True
+        pred[NORMALIZED_KEY] = bool(pred.get(NORMALIZED_KEY, False))
+        return pred
+
+    def _invalid(self, raw: str | None) -> dspy.Prediction:
+        answers = {name: None for name in answer_fields(self.signature)}
+        return dspy.Prediction(**answers, valid=False, **{RAW_KEY: raw or "", NORMALIZED_KEY: False})
+
+
+def create_program(task: TaskSpec, labels: list[str] | None = None) -> Classify:
+    """The program a task config describes (signature, reasoning, adapter)."""
+    adapter = create_adapter(task.adapter, structured=task.structured_generation, normalize_labels=task.normalize_labels)
+    return Classify(make_signature(task, labels), reasoning=task.reasoning, adapter=adapter)
