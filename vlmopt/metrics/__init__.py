@@ -1,1 +1,57 @@
-"""vlmopt.metrics"""
+"""Scoring a classifier's predictions: accuracy with intervals, per-class and multi-label /
+multi-field metrics, calibration, cost per image, DSPy optimizer metrics, plots and the CLI table.
+
+Typical use (the evaluate command does exactly this)::
+
+    from vlmopt.metrics import PredictionRecord, compute_metrics, plot_confusion_matrix, summary_table
+
+    metrics = compute_metrics(records, output_kind="single_label", labels=labels, seed=cfg.seed)
+    plot_confusion_matrix(metrics["confusion"], run_dir / "confusion.png")
+    console.print(summary_table(metrics))
+"""
+
+from vlmopt.metrics.bootstrap import bootstrap_mean_ci
+from vlmopt.metrics.calibration import brier_score, calibration
+from vlmopt.metrics.classification import INVALID, confusion_matrix, single_label_metrics
+from vlmopt.metrics.dspy_metrics import (
+    label_accuracy,
+    metric_for,
+    multifield_exact,
+    multifield_mean,
+    multilabel_exact,
+    multilabel_hamming,
+)
+from vlmopt.metrics.latency import latency_summary, token_summary
+from vlmopt.metrics.multifield import multifield_metrics
+from vlmopt.metrics.multilabel import exact_match, hamming_score, multilabel_metrics
+from vlmopt.metrics.plots import plot_confusion_matrix, plot_reliability
+from vlmopt.metrics.records import PredictionRecord
+from vlmopt.metrics.summary import OUTPUT_KINDS, compute_metrics
+from vlmopt.metrics.table import summary_table
+
+__all__ = [
+    "INVALID",
+    "OUTPUT_KINDS",
+    "PredictionRecord",
+    "bootstrap_mean_ci",
+    "brier_score",
+    "calibration",
+    "compute_metrics",
+    "confusion_matrix",
+    "exact_match",
+    "hamming_score",
+    "label_accuracy",
+    "latency_summary",
+    "metric_for",
+    "multifield_exact",
+    "multifield_mean",
+    "multifield_metrics",
+    "multilabel_exact",
+    "multilabel_hamming",
+    "multilabel_metrics",
+    "plot_confusion_matrix",
+    "plot_reliability",
+    "single_label_metrics",
+    "summary_table",
+    "token_summary",
+]
