@@ -1,0 +1,41 @@
+"""``create_lm(cfg)``: the task config's backend as a ``dspy.LM`` — the one place backends are chosen.
+
+Programs talk to ``dspy.LM`` and never know which backend answers; the config's ``backend.kind``
+picks the in-process transformers engine (the embedded default) or an OpenAI-compatible server
+(vLLM). Generation settings come from ``model``; the API key only by the env var's *name*.
+"""
+
+from __future__ import annotations
+
+import dspy
+
+from vlmopt.config import TaskConfig
+
+
+def create_lm(cfg: TaskConfig) -> dspy.LM:
+    """The LM a task config describes (loads the model once for the in-process backend)."""
+    if cfg.backend.kind == "openai":
+        from vlmopt.serving.openai_lm import create_openai_lm
+
+        return create_openai_lm(
+            cfg.backend.base_url,
+            cfg.backend.served_model_name or cfg.model.id,
+            api_key_env=cfg.backend.api_key_env,
+            temperature=cfg.model.temperature,
+            max_tokens=cfg.model.max_new_tokens,
+            timeout=cfg.backend.timeout_s,
+            num_retries=cfg.backend.num_retries,
+        )
+    from vlmopt.serving.transformers_engine import create_lm as create_transformers_lm
+
+    return create_transformers_lm(
+        cfg.model.id,
+        revision=cfg.model.revision,
+        dtype=cfg.model.dtype,
+        device=cfg.model.device,
+        max_new_tokens=cfg.model.max_new_tokens,
+        temperature=cfg.model.temperature,
+        max_batch_size=cfg.backend.max_batch_size,
+        max_wait_ms=cfg.backend.max_wait_ms,
+        seed=cfg.seed,
+    )
