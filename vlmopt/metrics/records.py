@@ -42,6 +42,9 @@ class PredictionRecord(BaseModel):
     latency_s: float = Field(0.0, ge=0.0)
     prompt_tokens: int | None = Field(None, ge=0)
     completion_tokens: int | None = Field(None, ge=0)
+    label_normalized: bool = Field(False, description="Opt-in normalisation was needed to match a label.")
+    image_ref: str | None = Field(None, description="Where the image came from (path or source row).")
+    thumbnail: str | None = Field(None, description="A small JPEG data URI, so reports need no image files.")
 
     @model_validator(mode="after")
     def _predicted_matches_valid(self) -> PredictionRecord:

@@ -1,0 +1,103 @@
+"""The run directory: everything one evaluate / optimize run leaves behind, written as it goes.
+
+``runs/<name>-<timestamp>/`` holds ``config.yaml`` (resolved), ``predictions.jsonl`` (one row
+per image, appended and flushed as each prediction finishes, so an interrupted run loses
+nothing), ``failures.jsonl`` (items the run could not predict: unreadable images, backend
+errors), ``metrics.json``, plots and ``report.html``.
+
+Example::
+
+    run = RunDir.create("runs", "cats_vs_dogs")
+    run.write_config(cfg)
+    run.append_prediction(record)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from vlmopt.config import TaskConfig
+from vlmopt.metrics.records import PredictionRecord
+
+PREDICTIONS = "predictions.jsonl"
+FAILURES = "failures.jsonl"
+METRICS = "metrics.json"
+CONFIG = "config.yaml"
+
+
+class RunDirError(OSError):
+    """The run directory cannot be created or written; raised before any model work starts."""
+
+
+class RunDir:
+    """A run's directory with thread-safe, line-flushed writers for its JSONL files."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, output_dir: str | Path, name: str) -> RunDir:
+        """Make ``<output_dir>/<name>-<timestamp>/`` and prove it is writable before work starts."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = Path(output_dir) / f"{name}-{stamp}"
+        path, n = base, 1
+        try:
+            while path.exists():
+                n += 1
+                path = base.with_name(f"{base.name}-{n}")
+            path.mkdir(parents=True)
+            probe = path / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise RunDirError(
+                f"cannot write the run directory {path}: {exc.strerror or exc}. "
+                "Set run.output_dir to a writable location with free space."
+            ) from None
+        return cls(path)
+
+    def write_config(self, cfg: TaskConfig) -> None:
+        (self.path / CONFIG).write_text(cfg.model_dump_yaml(), encoding="utf-8")
+
+    def _append(self, name: str, line: str) -> None:
+        with self._lock, open(self.path / name, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+
+    def append_prediction(self, record: PredictionRecord) -> None:
+        self._append(PREDICTIONS, record.to_json())
+
+    def append_failure(self, item_id: str, stage: str, reason: str) -> None:
+        """An item the run could not predict (``stage``: 'image' or 'predict'), with the reason."""
+        self._append(FAILURES, json.dumps({"id": item_id, "stage": stage, "reason": reason}, ensure_ascii=False))
+
+    def write_json(self, name: str, data: Any) -> Path:
+        path = self.path / name
+        path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+        return path
+
+    def predictions(self) -> list[PredictionRecord]:
+        return read_predictions(self.path)
+
+    def failures(self) -> list[dict[str, str]]:
+        path = self.path / FAILURES
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_predictions(run_path: str | Path) -> list[PredictionRecord]:
+    """The prediction rows of a run directory (a partial file from an interrupted run reads fine)."""
+    path = Path(run_path) / PREDICTIONS
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rows.append(PredictionRecord.from_json(line))
+    return rows
