@@ -38,8 +38,8 @@ def summary_table(metrics: Mapping[str, Any], *, title: str = "Metrics") -> Tabl
     table.add_column("value", justify="right")
     table.add_column("detail", style="dim")
 
-    n, n_invalid = metrics["n"], metrics["n_invalid"]
-    table.add_row("examples", str(n), f"{metrics['n_valid']} valid, {n_invalid} invalid ({metrics['invalid_rate']:.1%})")
+    counts = f"{metrics['n_valid']} valid, {metrics['n_invalid']} invalid ({metrics['invalid_rate']:.1%})"
+    table.add_row("examples", str(metrics["n"]), counts)
     accuracy_name = "accuracy" if metrics["output_kind"] == "single_label" else "exact match"
     table.add_row(accuracy_name, f"{metrics['accuracy']:.3f}", _interval(metrics.get("accuracy_ci")))
     if "macro_f1" in metrics:
