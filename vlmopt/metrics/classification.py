@@ -32,7 +32,8 @@ INVALID = "invalid"
 """Name of the extra confusion-matrix column that counts invalid outputs."""
 
 
-def _index(labels: Sequence[str]) -> dict[str, int]:
+def label_index(labels: Sequence[str]) -> dict[str, int]:
+    """Label -> position; refuses an empty or repeating label list (counts would be ambiguous)."""
     if not labels:
         raise ValueError("labels is empty")
     index = {label: i for i, label in enumerate(labels)}
@@ -60,7 +61,7 @@ def confusion_matrix(
     ValueError naming the example (by ``ids`` when given): the parser upstream must have marked
     such an output invalid.
     """
-    index = _index(labels)
+    index = label_index(labels)
     if len(gold) != len(predicted):
         raise ValueError(f"{len(gold)} gold labels but {len(predicted)} predictions")
     counts = np.zeros((len(labels), len(labels) + 1), dtype=int)

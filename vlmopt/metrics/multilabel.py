@@ -27,7 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from vlmopt.metrics.classification import item_name, macro_f1, per_class_table, precision_recall_f1
+from vlmopt.metrics.classification import (
+    item_name,
+    label_index,
+    macro_f1,
+    per_class_table,
+    precision_recall_f1,
+)
 
 
 def hamming_score(gold: Sequence[str], predicted: Sequence[str] | None) -> float:
@@ -66,8 +72,8 @@ def multilabel_metrics(
         raise ValueError(f"{len(gold)} gold label sets but {len(predicted)} predictions")
     if not gold:
         raise ValueError("no examples to score")
-    known = set(labels)
-    position_of = {label: i for i, label in enumerate(labels)}
+    position_of = label_index(labels)
+    known = set(position_of)
     true_positive = np.zeros(len(labels), dtype=int)
     n_predicted = np.zeros(len(labels), dtype=int)
     support = np.zeros(len(labels), dtype=int)
