@@ -332,13 +332,13 @@ def test_label_accuracy_on_dspy_objects():
 
 
 def test_multilabel_metrics_on_dspy_objects():
-    gold = _example(labels=["cat", "dog"])
-    half = dspy.Prediction(labels=["dog"])
+    gold = _example(label=["cat", "dog"])
+    half = dspy.Prediction(label=["dog"])
     assert multilabel_hamming(gold, half) == pytest.approx(0.5)
     assert multilabel_hamming(gold, half, trace=[]) is False  # bootstrapping wants a whole answer
-    assert multilabel_hamming(gold, dspy.Prediction(labels=["dog", "cat"]), trace=[]) is True
-    assert multilabel_hamming(gold, dspy.Prediction(labels=None)) == 0.0
-    assert multilabel_exact(gold, dspy.Prediction(labels=["dog", "cat", "dog"])) is True
+    assert multilabel_hamming(gold, dspy.Prediction(label=["dog", "cat"]), trace=[]) is True
+    assert multilabel_hamming(gold, dspy.Prediction(label=None)) == 0.0
+    assert multilabel_exact(gold, dspy.Prediction(label=["dog", "cat", "dog"])) is True
 
 
 def test_multifield_metrics_on_dspy_objects():

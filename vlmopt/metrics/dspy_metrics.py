@@ -3,7 +3,8 @@
 Field conventions (the names the classification signatures use):
 
 - single_label: ``example["label"]`` vs ``pred["label"]``
-- multi_label: ``example["labels"]`` vs ``pred["labels"]`` (lists, compared as sets). Read it
+- multi_label: ``example["label"]`` vs ``pred["label"]`` (lists, compared as sets; the field is named
+  ``label`` because ``Example.labels()`` is a DSPy method). Read it
   with item access or ``.get``: ``example.labels`` is ``dspy.Example.labels()``, a method.
 - multi_field: one output field per task field, ``example[field]`` vs ``pred[field]``; the
   field names are passed to the factory because an example may carry other non-input keys.
@@ -41,7 +42,7 @@ def label_accuracy(example: dspy.Example, pred: dspy.Prediction, trace: Any = No
 
 
 def _label_sets(example: dspy.Example, pred: dspy.Prediction) -> tuple[list[str], list[str] | None]:
-    return list(example.get("labels") or ()), pred.get("labels")
+    return list(example.get("label") or ()), pred.get("label")
 
 
 def multilabel_exact(example: dspy.Example, pred: dspy.Prediction, trace: Any = None) -> bool:
