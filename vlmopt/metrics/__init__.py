@@ -26,7 +26,7 @@ from vlmopt.metrics.multifield import multifield_metrics
 from vlmopt.metrics.multilabel import exact_match, hamming_score, multilabel_metrics
 from vlmopt.metrics.plots import plot_confusion_matrix, plot_reliability
 from vlmopt.metrics.records import PredictionRecord
-from vlmopt.metrics.summary import OUTPUT_KINDS, compute_metrics
+from vlmopt.metrics.summary import OUTPUT_KINDS, answer_correct, compute_metrics
 from vlmopt.metrics.table import summary_table
 
 __all__ = [

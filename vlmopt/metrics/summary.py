@@ -52,6 +52,17 @@ def _check_shapes(records: Sequence[PredictionRecord], output_kind: str) -> None
                 )
 
 
+def answer_correct(gold: Any, predicted: Any, output_kind: str) -> bool:
+    """Whole-answer correctness, the one rule behind ``accuracy`` for every output kind."""
+    if predicted is None:
+        return False
+    if output_kind == "multi_label":
+        return exact_match(gold, predicted)
+    if output_kind == "multi_field":
+        return all(fields_correct(gold, predicted, list(gold)))
+    return predicted == gold
+
+
 def _confidence(record: PredictionRecord, output_kind: str) -> float | None:
     if record.confidence is not None:
         return record.confidence
@@ -98,15 +109,13 @@ def compute_metrics(
     predicted = [r.predicted for r in records]
     if output_kind == "single_label":
         body = single_label_metrics(gold, predicted, labels, ids=ids)
-        correct = [p == g for g, p in zip(gold, predicted, strict=True)]
     elif output_kind == "multi_label":
         body = multilabel_metrics(gold, predicted, labels, ids=ids)
-        correct = [exact_match(g, p) for g, p in zip(gold, predicted, strict=True)]
         hamming = [hamming_score(g, p) for g, p in zip(gold, predicted, strict=True)]
         body["hamming_ci"] = _interval(hamming, n_boot=n_boot, seed=seed, level=ci_level)
     else:
         body = multifield_metrics(gold, predicted, fields, ids=ids)
-        correct = [all(fields_correct(g, p, list(fields))) for g, p in zip(gold, predicted, strict=True)]
+    correct = [answer_correct(g, p, output_kind) for g, p in zip(gold, predicted, strict=True)]
 
     confidences = [_confidence(r, output_kind) for r in records]
     scored = [(c, ok) for c, ok in zip(confidences, correct, strict=True) if c is not None]
