@@ -1,0 +1,124 @@
+"""DSPy's canonical request -> the chat messages and PIL images a transformers processor takes.
+
+DSPy 3.4 hands an engine a ``dspy.lm15.Request``: an optional system prompt and user/assistant
+turns made of parts. Few-shot demos are earlier user/assistant turns; a ``dspy.Image`` is an
+``ImagePart`` carrying base64 bytes (no ``data:`` prefix). VLM chat templates want the
+transformers form instead: ``{"role", "content": [{"type": "text" | "image", ...}]}`` with the
+images passed separately, in the order their ``{"type": "image"}`` slots appear.
+
+Only what a local VLM can read is accepted; anything else (audio, tool calls, remote image URLs,
+which would need the network) is refused with a message naming the part, never dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from dspy.lm15 import DataPart, ImagePart, Request, TextPart
+from PIL import Image, ImageOps
+
+SUPPORTED_ROLES = ("user", "assistant")
+
+
+@dataclass
+class ChatInput:
+    """One request as chat messages (transformers content-list form) plus its images, in order."""
+
+    messages: list[dict] = field(default_factory=list)
+    images: list[Image.Image] = field(default_factory=list)
+
+
+def chat_input_from_request(request: Request) -> ChatInput:
+    """Convert the system prompt and every turn; raise ``ValueError`` naming a part we cannot send."""
+    chat = ChatInput()
+    if request.system is not None:
+        parts = (TextPart(request.system),) if isinstance(request.system, str) else tuple(request.system)
+        chat.messages.append({"role": "system", "content": _content(parts, "system", chat.images)})
+    for index, message in enumerate(request.messages):
+        if message.role not in SUPPORTED_ROLES:
+            raise ValueError(f"message {index} has role {message.role!r}; a local VLM takes only "
+                             f"{', '.join(SUPPORTED_ROLES)} turns and a system prompt")
+        chat.messages.append({"role": message.role,
+                              "content": _content(message.parts, f"message {index}", chat.images)})
+    if request.tools:
+        raise ValueError("tools were given, but the transformers engine does not do tool calling")
+    return chat
+
+
+def _content(parts: tuple, where: str, images: list[Image.Image]) -> list[dict]:
+    content = []
+    for number, part in enumerate(parts):
+        if isinstance(part, TextPart):
+            content.append({"type": "text", "text": part.text})
+        elif isinstance(part, ImagePart):
+            try:
+                images.append(decode_image(part))
+            except ValueError as exc:
+                raise ValueError(f"{where}, part {number}: {exc}") from exc
+            content.append({"type": "image"})
+        elif isinstance(part, DataPart):
+            content.append({"type": "text", "text": json.dumps(part.value, ensure_ascii=False)})
+        else:
+            raise ValueError(f"{where}, part {number}: a {part.type!r} part cannot be sent to a local VLM "
+                             "(text, images and JSON data only)")
+    return content
+
+
+def decode_image(part: ImagePart) -> Image.Image:
+    """The part's bytes as an RGB PIL image: first frame, transparency on white, 16-bit scaled."""
+    raw = _image_bytes(part)
+    try:
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except Exception as exc:  # PIL raises several unrelated types for bad bytes
+        raise ValueError(f"image cannot be decoded ({type(exc).__name__}: {exc})") from exc
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB the model can take: EXIF rotation applied, alpha composited on white, 16-bit to 8-bit."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(image, dtype=np.int64)
+        scale = 65535 if wide.max(initial=0) > 255 else 255
+        image = Image.fromarray((wide.clip(0, scale) * 255 // scale).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _image_bytes(part: ImagePart) -> bytes:
+    if part.data is not None:
+        return _b64(part.data)
+    if part.path is not None:
+        return Path(part.path).read_bytes()
+    if part.url is not None and part.url.startswith("data:"):
+        _, _, payload = part.url.partition(",")
+        return _b64(payload)
+    raise ValueError("only inline or local images can be read by a local VLM "
+                     f"(got {'url ' + part.url[:60] if part.url else 'a file id'}); pass the image bytes or a path")
+
+
+def _b64(data: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"image data is not valid base64 ({exc})") from exc
+
+
+def render_prompt(processor, chat: ChatInput) -> str:
+    """The model's own chat template applied, ending with the assistant turn's opening."""
+    return processor.apply_chat_template(chat.messages, add_generation_prompt=True, tokenize=False)
+
+
+__all__ = ["ChatInput", "chat_input_from_request", "decode_image", "render_prompt", "to_rgb"]

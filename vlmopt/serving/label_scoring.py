@@ -1,0 +1,180 @@
+"""Label probabilities for the classifier case: score every label, in one batched forward pass.
+
+When a request's schema has a single enum field (``{"label": "cat" | "dog" | ...}``), the model's
+distribution over the labels is measurable: the log-probability of each complete answer
+``{"label":"cat"}`` (compact JSON, as the grammar would write it), summed over the tokens after
+the prefix all answers share, then a softmax over the labels. Every (request, label) row goes
+through the model in one left-padded forward pass; only the last few positions' logits are kept.
+The engine answers with the most likely label, so the answer and its confidence agree.
+
+Where the distribution goes (DSPy 3.4.1), and why:
+
+* In the ``Response``: the answer is an lm15 ``DataPart`` with ``probabilities={field: {label: p}}``
+  and ``method="candidate_sequence_likelihood"`` — lm15's own carrier for measured judgments
+  (``dspy._vendor.lm15.judgments``). Direct ``lm(Request)`` callers, the DSPy cache record and
+  ``lm.history[i]["response"]`` see it.
+* In the ``dspy.Prediction``: DSPy keeps only the answer text and ``logprobs`` of an engine's
+  output. When the LM asks for log-probs (``dspy.LM(..., logprobs=True)``, which ``create_lm``
+  sets), ``Response.logprobs`` holds one entry for the label decision: the chosen label with its
+  log-probability, and every label as a ranked alternative. ``pred.logprobs`` carries it, through
+  threads and the cache; :func:`prediction_probabilities` reads it back.
+* Not ``dspy.experimental.Choice``: it rewrites the output to ``{"label": {"probabilities": {...},
+  "confidence": ...}}`` for the model to *write* (verbalized numbers, not measured) and moves
+  demos into the instruction text as JSON, images as base64 strings — unusable for image demos.
+
+Example::
+
+    pred = dspy.Predict(sig)(image=img)          # lm from create_lm(...)
+    probs = prediction_probabilities(pred)       # {"cat": 0.71, "dog": 0.2, "bird": 0.09}
+    confidence = max(probs.values())
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from dspy._vendor.lm15.judgments import judgments_in_schema, normalize_logprobs
+from dspy._vendor.lm15.types import TokenLogprob, TopLogprob
+from dspy.lm15 import DataPart, Response
+
+from vlmopt.serving.grammar import SEPARATORS
+
+METHOD = "candidate_sequence_likelihood"
+"""lm15's name for a distribution measured by scoring each candidate answer sequence."""
+
+
+@dataclass(frozen=True)
+class ClassifierField:
+    """The single enum field of a classifier schema, with its labels in schema order."""
+
+    name: str
+    labels: tuple[str, ...]
+
+    def answer_text(self, label: str) -> str:
+        """The answer exactly as constrained decoding writes it."""
+        return json.dumps({self.name: label}, separators=SEPARATORS, ensure_ascii=False)
+
+
+def classifier_field(response_format: Mapping[str, Any] | None) -> ClassifierField | None:
+    """The field to score when the schema is one string-enum property (the classifier case)."""
+    if not response_format or response_format.get("type") != "json_schema":
+        return None
+    schema = response_format.get("schema")
+    if not isinstance(schema, dict) or len(schema.get("properties") or {}) != 1:
+        return None
+    found = judgments_in_schema(schema)
+    if len(found) != 1:
+        return None
+    (judgment,) = found.values()
+    if judgment.kind != "choice" or len(judgment.keys) < 2:
+        return None
+    return ClassifierField(judgment.name, judgment.keys)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Token ids of each label's full answer, and how many leading tokens all answers share."""
+
+    tokens: tuple[tuple[int, ...], ...]
+    shared: int
+
+
+def candidate_tokens(tokenizer, field: ClassifierField) -> Candidates:
+    """Tokenize each complete answer on its own (merges across the label boundary stay honest)."""
+    tokens = tuple(tuple(tokenizer.encode(field.answer_text(label), add_special_tokens=False))
+                   for label in field.labels)
+    shared = 0
+    while all(len(t) > shared + 1 and t[shared] == tokens[0][shared] for t in tokens):
+        shared += 1
+    return Candidates(tokens, shared)
+
+
+@torch.inference_mode()
+def score_candidates(model, prompts: Sequence[Sequence[int]], candidates: Sequence[Candidates],
+                     model_inputs: Mapping[str, torch.Tensor], *, pad_token_id: int) -> list[list[float]]:
+    """Summed log-probs of every candidate continuation of every prompt, in ONE forward pass.
+
+    ``prompts[i]`` are request i's prompt token ids (no padding); ``model_inputs`` are the
+    processor's extra tensors (pixel values ...) for the rows in order: request 0's labels, then
+    request 1's, ... Rows are left-padded so all answers end at the last position, which lets the
+    model keep logits only for the answer span.
+    """
+    rows = [list(prompt) + list(tokens) for prompt, cands in zip(prompts, candidates, strict=True)
+            for tokens in cands.tokens]
+    width = max(map(len, rows))
+    keep = max(len(tokens) - cands.shared for cands in candidates for tokens in cands.tokens) + 1
+    device = model.device
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, width - len(ids):] = torch.tensor(ids)
+        attention_mask[row, width - len(ids):] = 1
+    output = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                   logits_to_keep=keep, **model_inputs)
+    logprobs = output.logits[:, -keep:, :].float().log_softmax(-1).cpu()
+    scores, row = [], 0
+    for cands in candidates:
+        per_label = []
+        for tokens in cands.tokens:
+            # logits at kept position j predict the token at absolute position width - keep + j + 1
+            total = 0.0
+            for index in range(cands.shared, len(tokens)):
+                position = width - len(tokens) + index
+                total += float(logprobs[row, position - 1 - (width - keep), tokens[index]])
+            per_label.append(total)
+            row += 1
+        scores.append(per_label)
+    return scores
+
+
+def distribution(field: ClassifierField, scores: Sequence[float]) -> dict[str, float]:
+    """Softmax of the summed label log-probs: the model's distribution over the labels."""
+    return normalize_logprobs(dict(zip(field.labels, scores, strict=True)))
+
+
+def answer_part(field: ClassifierField, label: str, probabilities: Mapping[str, float]) -> DataPart:
+    """The classifier answer as lm15's measured-judgment DataPart."""
+    return DataPart(value={field.name: label}, probabilities={field.name: dict(probabilities)}, method=METHOD)
+
+
+def decision_logprobs(label: str, probabilities: Mapping[str, float]) -> tuple[TokenLogprob, ...]:
+    """One log-prob entry for the label decision, every label ranked as an alternative."""
+    ranked = sorted(probabilities.items(), key=lambda item: -item[1])
+    top = tuple(TopLogprob(token=name, logprob=_log(p)) for name, p in ranked)
+    return (TokenLogprob(token=label, logprob=_log(probabilities[label]), top=top),)
+
+
+def _log(p: float) -> float:
+    return math.log(p) if p > 0 else -1e30
+
+
+def prediction_probabilities(prediction: Any, labels: Sequence[str] | None = None) -> dict[str, float] | None:
+    """Label -> probability from a prediction's ``logprobs`` (see module docstring), else None.
+
+    ``labels``, when given, must be exactly the ranked alternatives; a free-text or multi-field
+    prediction (token-level log-probs) returns None rather than a wrong distribution.
+    """
+    logprobs = prediction.get("logprobs") if hasattr(prediction, "get") else getattr(prediction, "logprobs", None)
+    content = (logprobs or {}).get("content") if isinstance(logprobs, Mapping) else None
+    if not content or len(content) != 1:
+        return None
+    top = content[0].get("top_logprobs") or []
+    probs = {entry["token"]: math.exp(entry["logprob"]) for entry in top}
+    if len(probs) < 2 or (labels is not None and set(probs) != set(labels)):
+        return None
+    if abs(sum(probs.values()) - 1.0) > 1e-4:
+        return None
+    return probs
+
+
+def response_probabilities(response: Response) -> dict[str, dict[str, float]] | None:
+    """``{field: {label: p}}`` from a Response's measured DataPart, if the engine attached one."""
+    for part in response.message.parts:
+        if isinstance(part, DataPart) and part.probabilities is not None:
+            return part.probabilities
+    return None

@@ -1,0 +1,124 @@
+"""Find, fingerprint and load a VLM checkpoint (hub id or local directory), failing fast and clearly.
+
+A hub id that is not in the local cache while the hub is out of reach (``HF_HUB_OFFLINE=1``, no
+network) must not hang in download retries or fall back to something else: it fails within
+seconds, saying how to point ``model.id`` at a local directory instead.
+
+The fingerprint goes into the DSPy model string, because DSPy's response cache keys on the
+model string and not on the engine object: a hub snapshot is named by its commit, a local
+directory by a hash of its files, so new weights never replay old answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+PROBE_TIMEOUT_S = 5.0
+"""How long to wait for the hub before declaring it unreachable."""
+
+
+class HubUnreachableError(RuntimeError):
+    """The model is a hub id, is not cached locally, and the hub cannot be reached."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the checkpoint lives and which exact weights it holds."""
+
+    name: str  # what the user asked for: hub id or directory
+    path: Path  # local directory holding config, weights and processor files
+    fingerprint: str  # hub commit, or sha256 prefix of a local directory's files
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    return constants.is_offline_mode() or any(f and f.upper() in {"1", "ON", "YES", "TRUE"} for f in flags)
+
+
+def _unreachable(model: str, reason: str) -> HubUnreachableError:
+    return HubUnreachableError(
+        f"Cannot load model {model!r}: the Hugging Face hub is unreachable ({reason}) and the model is not "
+        "in the local cache. Download it on a machine with hub access (e.g. `hf download "
+        f"{model} --local-dir /path/to/model`), copy the directory here, and set `model.id: /path/to/model` "
+        "in the task config (or pass that directory to create_lm)."
+    )
+
+
+def locate_model(model: str, revision: str | None = None) -> ModelSource:
+    """Resolve a hub id or directory to local files, downloading only when the hub answers."""
+    local = Path(model).expanduser()
+    if local.is_dir():
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} applies to hub ids; {model!r} is a local directory")
+        return ModelSource(model, local.resolve(), directory_fingerprint(local))
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(model, revision=revision, local_files_only=True))
+        return ModelSource(model, path, path.name)
+    except Exception:  # noqa: BLE001 - not cached (several error types); decide on the hub below
+        pass
+    if _offline():
+        raise _unreachable(model, "HF_HUB_OFFLINE is set")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        info = HfApi().model_info(model, revision=revision, timeout=PROBE_TIMEOUT_S)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise ValueError(f"model {model!r} (revision {revision or 'main'}) does not exist on the hub: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - network errors come as several httpx/OS types
+        raise _unreachable(model, f"{type(exc).__name__}: {exc}") from exc
+    path = Path(snapshot_download(model, revision=info.sha))
+    return ModelSource(model, path, info.sha or path.name)
+
+
+def directory_fingerprint(directory: Path) -> str:
+    """sha256 over the names and bytes of a checkpoint directory's files (12 hex digits)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(str(file.relative_to(directory)).encode())
+        with file.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype | str:
+    """``auto``: the checkpoint's own dtype on accelerators, float32 on CPU (bf16 matmuls crawl there)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return "auto" if device.type != "cpu" else torch.float32
+    resolved = getattr(torch, dtype, None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'")
+    return resolved
+
+
+def load_model(source: ModelSource, *, dtype: str | torch.dtype = "auto", device: str = "auto"):
+    """``(model, processor, device)``: any ``AutoModelForImageTextToText`` with its ``AutoProcessor``."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    target = resolve_device(device)
+    processor = AutoProcessor.from_pretrained(source.path)
+    model = AutoModelForImageTextToText.from_pretrained(source.path, dtype=resolve_dtype(dtype, target))
+    return model.to(target).eval(), processor, target

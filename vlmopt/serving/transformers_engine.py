@@ -1,0 +1,349 @@
+"""In-process transformers backend: a DSPy 3.4 engine (``complete(Request) -> Response``).
+
+``create_lm("LiquidAI/LFM2-VL-450M")`` (or a local directory) returns a ``dspy.LM`` whose engine
+loads any ``AutoModelForImageTextToText`` + ``AutoProcessor`` once and serves every thread:
+
+* **micro-batching** — concurrent ``complete`` calls (``dspy.Evaluate(num_threads=8)``, MIPROv2)
+  are gathered into one left-padded batch (``max_batch_size``, ``max_wait_ms``); see ``batching``.
+* **typed outputs** — a ``response_format`` JSON schema is enforced by an xgrammar grammar with
+  compact whitespace, one matcher per batch row; see ``grammar``.
+* **label probabilities** — a single-enum schema (the classifier) is answered by scoring every
+  label in one batched forward pass: the most likely label, with the distribution attached; see
+  ``label_scoring``.
+* greedy by default, seeded sampling when ``temperature > 0``; token usage in every Response.
+
+DSPy's cache keys on the model string, not the engine, so the model string names the exact
+weights (hub commit or directory hash), dtype and device: ``engine.model_string``.
+
+Example::
+
+    lm = create_lm("/models/LFM2-VL-450M", max_batch_size=8)
+    dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
+    pred = dspy.Predict(MySignature)(image=dspy.Image("cat.jpg"))
+    prediction_probabilities(pred)  # {"cat": 0.93, "dog": 0.07}
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+import torch
+from dspy._vendor.lm15.result import response_to_events
+from dspy._vendor.lm15.types import TokenLogprob, TopLogprob
+from dspy.clients.engines.base import validate_request
+from dspy.lm15 import InvalidRequestError, Message, Request, Response, TextPart, Usage, UnsupportedFeatureError
+from PIL import Image
+from transformers import LogitsProcessorList
+
+from vlmopt.serving import label_scoring
+from vlmopt.serving.batching import BatchStats, MicroBatcher
+from vlmopt.serving.chat_inputs import chat_input_from_request, render_prompt
+from vlmopt.serving.grammar import GrammarCompiler, GrammarLogitsProcessor
+from vlmopt.serving.model_loading import load_model, locate_model
+
+SCORE_ROWS_PER_PASS = 64
+"""Most (request, label) rows per scoring forward pass; a request's labels are never split."""
+
+_REFUSED_CONFIG = ("tool_choice", "reasoning", "cache", "frequency_penalty", "presence_penalty",
+                   "service_tier", "user_id", "store", "extensions")
+"""Request settings this engine cannot honour; lm15's rule is to refuse, never drop silently."""
+
+
+@dataclass
+class EngineStats:
+    """What the engine did, for tests and benchmarks (read them, don't write them)."""
+
+    requests: int = 0
+    generate_calls: int = 0
+    score_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    batches: BatchStats = field(default_factory=BatchStats)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """Requests per gathered batch, in order."""
+        return self.batches.batch_sizes
+
+    def add(self, **counts: int) -> None:
+        with self.lock:
+            for name, count in counts.items():
+                setattr(self, name, getattr(self, name) + count)
+
+
+@dataclass
+class _Job:
+    """One request, prepared in its caller's thread, run by the batch worker."""
+
+    prompt: str
+    images: list[Image.Image]
+    max_new_tokens: int
+    temperature: float
+    top_p: float | None
+    top_k: int | None
+    seed: int
+    stop: tuple[str, ...]
+    logprobs: int | None
+    grammar: Any = None  # xgrammar CompiledGrammar for a response_format, else None
+    classifier: label_scoring.ClassifierField | None = None
+
+    def group(self) -> tuple:
+        """Jobs with equal keys run in one model call."""
+        if self.classifier is not None:
+            return ("score", bool(self.images))
+        sampling = (self.temperature, self.top_p, self.top_k, self.seed) if self.temperature > 0 else ()
+        return ("generate", bool(self.images), self.max_new_tokens, sampling, self.stop, self.logprobs is not None)
+
+
+@dataclass
+class _Result:
+    parts: tuple
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+class TransformersEngine:
+    """A thread-safe DSPy engine over one local VLM; see the module docstring."""
+
+    supports_function_calling = False
+    supports_reasoning = False
+
+    def __init__(self, model: str, *, revision: str | None = None, dtype: str = "auto", device: str = "auto",
+                 max_new_tokens: int = 256, max_batch_size: int = 8, max_wait_ms: float = 10.0, seed: int = 0,
+                 structured: bool = True):
+        self.settings = {"model": model, "revision": revision, "dtype": dtype, "device": device,
+                         "max_new_tokens": max_new_tokens, "max_batch_size": max_batch_size,
+                         "max_wait_ms": max_wait_ms, "seed": seed, "structured": structured}
+        self.source = locate_model(model, revision)
+        self.model, self.processor, self.device = load_model(self.source, dtype=dtype, device=device)
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"  # batched generation appends on the right
+        generation = self.model.generation_config
+        eos = generation.eos_token_id if generation.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
+        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+        vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        self.grammars = GrammarCompiler(self.tokenizer, vocab_size=vocab_size, stop_token_ids=self.eos_token_ids)
+        self.max_new_tokens = max_new_tokens
+        self.seed = seed
+        self.structured = structured
+        self._candidates: dict[label_scoring.ClassifierField, label_scoring.Candidates] = {}
+        self._batcher = MicroBatcher(self._run_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                                     name=f"vlmopt-engine-{self.source.name}")
+        self.stats = EngineStats(batches=self._batcher.stats)
+
+    # --- what DSPy reads -------------------------------------------------------------------
+    @property
+    def supports_response_schema(self) -> bool:
+        """DSPy's JSONAdapter sends the output schema as response_format only when this is True."""
+        return self.structured
+
+    @property
+    def supported_params(self) -> set[str]:
+        params = {"temperature", "max_tokens", "top_p", "top_k", "seed", "stop", "logprobs", "top_logprobs"}
+        return params | {"response_format"} if self.structured else params
+
+    @property
+    def model_string(self) -> str:
+        """The DSPy model name: exact weights, dtype and device, since DSPy's cache keys on it."""
+        dtype = str(self.model.dtype).removeprefix("torch.")
+        return f"transformers/{self.source.name}@{self.source.fingerprint}:{dtype}:{self.device.type}"
+
+    def complete(self, request: Request) -> Response:
+        validate_request(request)
+        self.stats.add(requests=1)
+        result = self._batcher.submit(self._prepare(request))
+        self.stats.add(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+        usage = Usage(input_tokens=result.prompt_tokens, output_tokens=result.completion_tokens,
+                      total_tokens=result.prompt_tokens + result.completion_tokens)
+        return Response(id=None, model=self.model_string, message=Message.assistant(list(result.parts)),
+                        finish_reason=result.finish_reason, usage=usage, logprobs=result.logprobs)
+
+    def stream(self, request: Request):
+        """One event stream per answer (the batch decides when tokens exist, not the caller)."""
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        """Stop the batch worker after the queued requests finish."""
+        self._batcher.close()
+
+    def dump_state(self) -> dict:
+        """JSON settings that rebuild this engine (``dspy.LM.save`` stores them)."""
+        return dict(self.settings)
+
+    @classmethod
+    def load_state(cls, state: dict) -> TransformersEngine:
+        return cls(**state)
+
+    # --- caller thread: everything that can fail for this request alone -----------------------
+    def _prepare(self, request: Request) -> _Job:
+        config = request.config
+        refused = [name for name in _REFUSED_CONFIG if getattr(config, name) not in (None, {})]
+        if refused:
+            raise UnsupportedFeatureError(f"the transformers engine cannot honour {refused}", feature=refused[0])
+        try:
+            chat = chat_input_from_request(request)
+            prompt = render_prompt(self.processor, chat)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from exc
+        job = _Job(prompt=prompt, images=chat.images, max_new_tokens=config.max_tokens or self.max_new_tokens,
+                   temperature=config.temperature or 0.0, top_p=config.top_p, top_k=config.top_k,
+                   seed=self.seed if config.seed is None else config.seed, stop=config.stop, logprobs=config.logprobs)
+        if config.response_format is not None:
+            job.classifier = label_scoring.classifier_field(config.response_format)
+            if job.classifier is None:
+                try:
+                    job.grammar = self.grammars.compile(config.response_format)
+                except (ValueError, RuntimeError) as exc:
+                    raise InvalidRequestError(f"response_format cannot be compiled to a grammar: {exc}") from exc
+        if config.probabilities == "required" and job.classifier is None:
+            raise UnsupportedFeatureError("probabilities are measured only for a single-enum schema",
+                                          feature="config.probabilities")
+        return job
+
+    # --- batch worker ---------------------------------------------------------------------
+    def _run_batch(self, jobs: list[_Job]) -> list[_Result]:
+        groups: dict[tuple, list[int]] = {}
+        for index, job in enumerate(jobs):
+            groups.setdefault(job.group(), []).append(index)
+        results: list[_Result | None] = [None] * len(jobs)
+        for key, indices in groups.items():
+            run = self._score if key[0] == "score" else self._generate
+            for index, result in zip(indices, run([jobs[i] for i in indices]), strict=True):
+                results[index] = result
+        return results
+
+    def _encode(self, prompts: list[str], images: list[list[Image.Image]]):
+        batch = self.processor(text=prompts, images=images if any(images) else None, padding=True,
+                               return_tensors="pt")
+        return batch.to(self.device, dtype=self.model.dtype) if self.model.dtype.is_floating_point else batch.to(self.device)
+
+    @torch.inference_mode()
+    def _generate(self, jobs: list[_Job]) -> list[_Result]:
+        first = jobs[0]
+        batch = self._encode([job.prompt for job in jobs], [job.images for job in jobs])
+        grammar = (GrammarLogitsProcessor([job.grammar for job in jobs], self.grammars.vocab_size)
+                   if any(job.grammar is not None for job in jobs) else None)
+        config = copy.deepcopy(self.model.generation_config)
+        config.update(max_new_tokens=first.max_new_tokens, do_sample=first.temperature > 0,
+                      pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_ids,
+                      return_dict_in_generate=True, output_scores=first.logprobs is not None)
+        if first.temperature > 0:
+            config.update(temperature=first.temperature, top_p=first.top_p or 1.0, top_k=first.top_k)
+            torch.manual_seed(first.seed)
+        else:
+            config.update(temperature=None, top_p=None, top_k=None)
+        extra = {"stop_strings": list(first.stop), "tokenizer": self.tokenizer} if first.stop else {}
+        output = self.model.generate(**batch, generation_config=config,
+                                     logits_processor=LogitsProcessorList([grammar]) if grammar else None, **extra)
+        self.stats.add(generate_calls=1)
+        prompt_width = batch["input_ids"].shape[1]
+        results = []
+        for row, job in enumerate(jobs):
+            tokens = output.sequences[row, prompt_width:].tolist()
+            ended = next((i for i, token in enumerate(tokens) if token in self.eos_token_ids), None)
+            kept = tokens[:ended] if ended is not None else _strip_padding(tokens, self.pad_token_id)
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            stopped = ended is not None or (grammar is not None and grammar.terminated(row))
+            for stop in job.stop:
+                if stop in text:
+                    text, stopped = text[:text.index(stop)], True
+            logprobs = self._token_logprobs(output.scores, row, kept, job.logprobs) if job.logprobs is not None else None
+            results.append(_Result(parts=(TextPart(text),), finish_reason="stop" if stopped or len(kept) < job.max_new_tokens else "length",
+                                   prompt_tokens=int(batch["attention_mask"][row].sum()),
+                                   completion_tokens=len(kept) + (ended is not None), logprobs=logprobs))
+        return results
+
+    def _token_logprobs(self, scores, row: int, tokens: list[int], top: int) -> tuple[TokenLogprob, ...]:
+        """Log-probs under the distribution each token was drawn from (after the grammar mask)."""
+        entries = []
+        for step, token in enumerate(tokens):
+            logprobs = scores[step][row].float().log_softmax(-1)
+            alternatives = ()
+            if top:
+                values, ids = logprobs.topk(top)
+                alternatives = tuple(TopLogprob(token=self._token_text(int(i)), logprob=float(v))
+                                     for v, i in zip(values, ids, strict=True))
+            entries.append(TokenLogprob(token=self._token_text(token), logprob=float(logprobs[token]),
+                                        token_id=token, top=alternatives))
+        return tuple(entries)
+
+    def _token_text(self, token: int) -> str:
+        return self.tokenizer.decode([token]) or self.tokenizer.convert_ids_to_tokens(token)
+
+    @torch.inference_mode()
+    def _score(self, jobs: list[_Job]) -> list[_Result]:
+        results, chunk, rows = [], [], 0
+        for job in jobs:
+            labels = len(job.classifier.labels)
+            if chunk and rows + labels > SCORE_ROWS_PER_PASS:
+                results += self._score_pass(chunk)
+                chunk, rows = [], 0
+            chunk.append(job)
+            rows += labels
+        return results + self._score_pass(chunk)
+
+    def _score_pass(self, jobs: list[_Job]) -> list[_Result]:
+        candidates = [self._candidate_tokens(job.classifier) for job in jobs]
+        counts = [len(c.tokens) for c in candidates]
+        batch = self._encode([job.prompt for job, n in zip(jobs, counts, strict=True) for _ in range(n)],
+                             [job.images for job, n in zip(jobs, counts, strict=True) for _ in range(n)])
+        starts = [sum(counts[:i]) for i in range(len(jobs))]
+        prompts = [batch["input_ids"][s][batch["attention_mask"][s].bool()].tolist() for s in starts]
+        extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "token_type_ids")}
+        scores = label_scoring.score_candidates(self.model, prompts, candidates, extra, pad_token_id=self.pad_token_id)
+        self.stats.add(score_calls=1)
+        results = []
+        for job, prompt, cands, job_scores in zip(jobs, prompts, candidates, scores, strict=True):
+            field = job.classifier
+            probabilities = label_scoring.distribution(field, job_scores)
+            label = _choose(field.labels, job_scores, job.temperature, job.seed)
+            chosen = cands.tokens[field.labels.index(label)]
+            logprobs = label_scoring.decision_logprobs(label, probabilities) if job.logprobs is not None else None
+            results.append(_Result(parts=(label_scoring.answer_part(field, label, probabilities),),
+                                   finish_reason="stop", prompt_tokens=len(prompt),
+                                   completion_tokens=len(chosen), logprobs=logprobs))
+        return results
+
+    def _candidate_tokens(self, classifier: label_scoring.ClassifierField) -> label_scoring.Candidates:
+        if classifier not in self._candidates:
+            self._candidates[classifier] = label_scoring.candidate_tokens(self.tokenizer, classifier)
+        return self._candidates[classifier]
+
+
+def _strip_padding(tokens: list[int], pad: int) -> list[int]:
+    end = len(tokens)
+    while end and tokens[end - 1] == pad:
+        end -= 1
+    return tokens[:end]
+
+
+def _choose(labels: tuple[str, ...], scores: list[float], temperature: float, seed: int) -> str:
+    """Greedy: the most likely label (first on ties). Sampling: seeded draw from softmax(scores / T)."""
+    if temperature <= 0:
+        return labels[max(range(len(labels)), key=lambda i: (scores[i], -i))]
+    weights = torch.softmax(torch.tensor(scores, dtype=torch.float64) / temperature, dim=0)
+    generator = torch.Generator().manual_seed(seed)
+    return labels[int(torch.multinomial(weights, 1, generator=generator))]
+
+
+def create_lm(model: str, *, revision: str | None = None, dtype: str = "auto", device: str = "auto",
+              max_new_tokens: int = 256, max_batch_size: int = 8, max_wait_ms: float = 10.0, seed: int = 0,
+              structured: bool = True, cache: bool = True, **lm_kwargs) -> dspy.LM:
+    """A ``dspy.LM`` served in-process by a :class:`TransformersEngine` (greedy, log-probs on).
+
+    ``structured=False`` hides the schema from DSPy (free-text answers, parsed by the adapter).
+    Generation settings go into the LM's request config, so DSPy's cache keys on them too.
+    """
+    engine = TransformersEngine(model, revision=revision, dtype=dtype, device=device, max_new_tokens=max_new_tokens,
+                                max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, seed=seed,
+                                structured=structured)
+    settings = {"temperature": 0.0, "max_tokens": max_new_tokens, "seed": seed, "logprobs": True, **lm_kwargs}
+    return dspy.LM(engine.model_string, engine=engine, cache=cache, **settings)
