@@ -63,6 +63,11 @@ class LoadedSplits:
     kind: str = ""
     columns: Columns | None = None
 
+    @property
+    def all(self) -> list[dspy.Example]:
+        """Every usable example, train then val then test."""
+        return [*self.train, *self.val, *self.test]
+
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
