@@ -1,0 +1,116 @@
+"""A real vLLM server (CPU build, own venv) on the tiny Idefics3 model, once per test session.
+
+The venv comes from scripts/setup_vllm_venv.sh (about 100 s the first time). Where it cannot be
+created the vLLM tests are skipped with the script's output as the reason, except under CI
+(`CI` set), where that is a failure: CI must exercise the vLLM path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from vlmopt.serving.vllm_server import REPO_VLLM_VENV, VLLMServer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SETUP_SCRIPT = REPO_ROOT / "scripts" / "setup_vllm_venv.sh"
+SERVED_MODEL_NAME = "tiny-idefics3"
+
+
+@dataclass(frozen=True)
+class VLLMEndpoint:
+    """What tests need to reach the session's server."""
+
+    base_url: str
+    root_url: str
+    model: str
+    server: VLLMServer
+
+
+def _vllm_python() -> str:
+    """The .venv-vllm interpreter, creating the venv if needed; skip (fail under CI) if impossible."""
+    python = REPO_VLLM_VENV / "bin" / "python"
+    result = subprocess.run(
+        ["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=1800, check=False
+    )
+    if result.returncode != 0:
+        reason = f"cannot create the vLLM venv with {SETUP_SCRIPT.name}:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return str(python)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_idefics3_dir, tmp_path_factory) -> Iterator[VLLMEndpoint]:
+    """A vLLM server on a free loopback port serving the tiny Idefics3 model as `tiny-idefics3`."""
+    server = VLLMServer(
+        str(tiny_idefics3_dir),
+        python=_vllm_python(),
+        served_model_name=SERVED_MODEL_NAME,
+        max_model_len=4096,
+        limit_mm_per_prompt={"image": 4},
+        log_path=tmp_path_factory.mktemp("vllm") / "server.log",
+    )
+    with server:
+        yield VLLMEndpoint(server.base_url, server.root_url, SERVED_MODEL_NAME, server)
+
+
+@dataclass
+class RecordingProxy:
+    """A loopback HTTP proxy that records every request (path, headers, JSON body) it forwards."""
+
+    upstream: str
+    requests: list[dict] = field(default_factory=list)
+    base_url: str = ""
+
+
+@pytest.fixture
+def recording_proxy(vllm_server) -> Iterator[RecordingProxy]:
+    """Sits between a client and the vLLM server, so tests see exactly what reaches the server."""
+    proxy = RecordingProxy(upstream=vllm_server.root_url)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's spelling)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            proxy.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
+            forward = urllib.request.Request(
+                proxy.upstream + self.path,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            try:
+                with urllib.request.urlopen(forward, timeout=300) as response:
+                    payload, status = response.read(), response.status
+            except urllib.error.HTTPError as error:
+                payload, status = error.read(), error.code
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    proxy.base_url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    try:
+        yield proxy
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
