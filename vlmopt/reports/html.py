@@ -19,15 +19,13 @@ Example::
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from vlmopt.metrics.classification import INVALID
-from vlmopt.reports.run_view import RunView, load_run_view
+from vlmopt.reports.run_view import HEADLINE_METRICS, RunView, load_run_view
 
 REPORT = "report.html"
 
@@ -51,27 +49,6 @@ def _num(value: Any, digits: int = 3) -> str:
 _env.filters["num"] = _num
 
 
-@dataclass(frozen=True)
-class _Metric:
-    label: str
-    get: Callable[[dict[str, Any]], Any]
-    higher_is_better: bool | None
-
-
-_METRICS = [
-    _Metric("accuracy", lambda m: m.get("accuracy"), True),
-    _Metric("macro-F1", lambda m: m.get("macro_f1"), True),
-    _Metric("Hamming score", lambda m: m.get("hamming"), True),
-    _Metric("mean field accuracy", lambda m: m.get("field_accuracy"), True),
-    _Metric("invalid rate", lambda m: m.get("invalid_rate"), False),
-    _Metric("ECE", lambda m: m.get("ece"), False),
-    _Metric("latency p50 (s)", lambda m: (m.get("latency") or {}).get("p50_s"), False),
-    _Metric("latency p95 (s)", lambda m: (m.get("latency") or {}).get("p95_s"), False),
-    _Metric("prompt tokens / image", lambda m: (m.get("tokens") or {}).get("prompt_mean"), False),
-    _Metric("images scored", lambda m: m.get("n"), None),
-]
-
-
 def _ci(metrics: dict[str, Any]) -> str:
     ci = metrics.get("accuracy_ci")
     if not ci or ci.get("low") is None:
@@ -85,7 +62,7 @@ def metric_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     ``good`` says whether the change is an improvement (None: no direction, or no change).
     """
     rows = []
-    for metric in _METRICS:
+    for metric in HEADLINE_METRICS:
         va, vb = metric.get(a), metric.get(b)
         if va is None and vb is None:
             continue

@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,30 @@ from vlmopt.reports.run_dir import CONFIG, METRICS, RunDir
 BASELINE_METRICS = "baseline_metrics.json"
 PROMPT = "prompt.json"
 _KIND_OF_GOLD = {str: "single_label", list: "multi_label", dict: "multi_field"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A headline number: how to read it from metrics.json and which direction is better."""
+
+    label: str
+    get: Callable[[dict[str, Any]], Any]
+    higher_is_better: bool | None
+
+
+HEADLINE_METRICS = [
+    Metric("accuracy", lambda m: m.get("accuracy"), True),
+    Metric("macro-F1", lambda m: m.get("macro_f1"), True),
+    Metric("Hamming score", lambda m: m.get("hamming"), True),
+    Metric("mean field accuracy", lambda m: m.get("field_accuracy"), True),
+    Metric("invalid rate", lambda m: m.get("invalid_rate"), False),
+    Metric("ECE", lambda m: m.get("ece"), False),
+    Metric("latency p50 (s)", lambda m: (m.get("latency") or {}).get("p50_s"), False),
+    Metric("latency p95 (s)", lambda m: (m.get("latency") or {}).get("p95_s"), False),
+    Metric("prompt tokens / image", lambda m: (m.get("tokens") or {}).get("prompt_mean"), False),
+    Metric("images scored", lambda m: m.get("n"), None),
+]
+"""The metrics a report or notebook puts side by side, in display order (absent ones are skipped)."""
 
 
 def answer_text(answer: Answer | None) -> str:
@@ -139,6 +164,7 @@ class RunView:
     path: Path
     metrics: dict[str, Any]
     output_kind: str
+    records: list[PredictionRecord]
     cards: list[Card]
     failures: list[dict[str, str]]
     config: dict[str, Any]
@@ -197,6 +223,7 @@ def load_run_view(run_dir: str | Path) -> RunView:
         path=path,
         metrics=metrics,
         output_kind=kind,
+        records=records,
         cards=[Card.of(r, kind) for r in records],
         failures=run.failures(),
         config=config or {},
