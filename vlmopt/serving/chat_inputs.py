@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from dspy.lm15 import DataPart, ImagePart, Request, TextPart
-from PIL import Image, ImageOps
+from PIL import Image
+
+from vlmopt.datasets.images import normalize_image, open_image
 
 SUPPORTED_ROLES = ("user", "assistant")
 
@@ -71,30 +71,9 @@ def _content(parts: tuple, where: str, images: list[Image.Image]) -> list[dict]:
 
 
 def decode_image(part: ImagePart) -> Image.Image:
-    """The part's bytes as an RGB PIL image: first frame, transparency on white, 16-bit scaled."""
-    raw = _image_bytes(part)
-    try:
-        image = Image.open(io.BytesIO(raw))
-        image.load()
-    except Exception as exc:  # PIL raises several unrelated types for bad bytes
-        raise ValueError(f"image cannot be decoded ({type(exc).__name__}: {exc})") from exc
-    return to_rgb(image)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB the model can take: EXIF rotation applied, alpha composited on white, 16-bit to 8-bit."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        wide = np.asarray(image, dtype=np.int64)
-        scale = 65535 if wide.max(initial=0) > 255 else 255
-        image = Image.fromarray((wide.clip(0, scale) * 255 // scale).astype(np.uint8), mode="L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
-        return background
-    return image.convert("RGB")
+    """The part's bytes as an upright RGB PIL image (the dataset loader's rules; size unchanged)."""
+    image = open_image(_image_bytes(part))
+    return normalize_image(image, max_side=max(image.size))
 
 
 def _image_bytes(part: ImagePart) -> bytes:
@@ -121,4 +100,4 @@ def render_prompt(processor, chat: ChatInput) -> str:
     return processor.apply_chat_template(chat.messages, add_generation_prompt=True, tokenize=False)
 
 
-__all__ = ["ChatInput", "chat_input_from_request", "decode_image", "render_prompt", "to_rgb"]
+__all__ = ["ChatInput", "chat_input_from_request", "decode_image", "render_prompt"]

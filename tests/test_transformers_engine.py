@@ -1,0 +1,260 @@
+"""The in-process transformers engine, end to end through DSPy, on both tiny VLM architectures.
+
+Random weights answer nonsense, but nonsense that must still be *valid*: every constrained
+answer parses and validates, concurrent callers are batched yet each gets its own answer, and
+the label distribution equals a direct, unbatched computation.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+import dspy
+import pytest
+import torch
+from dspy.clients.cache import Cache
+from dspy.utils.exceptions import AdapterParseError
+from dspy.lm15 import Config, ImagePart, Message, Request, TextPart, request_from_openai_chat
+from PIL import Image
+from pydantic import BaseModel, TypeAdapter
+
+from vlmopt.serving.chat_inputs import chat_input_from_request, render_prompt
+from vlmopt.serving.label_scoring import prediction_probabilities, response_probabilities
+from vlmopt.serving.model_loading import HubUnreachableError
+from vlmopt.serving.transformers_engine import TransformersEngine, create_lm
+
+ANIMALS = ("cat", "dog", "bird")
+COLORS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
+
+
+class Single(dspy.Signature):
+    """Classify the animal in the image."""
+
+    image: dspy.Image = dspy.InputField()
+    label: Literal["cat", "dog", "bird"] = dspy.OutputField()
+
+
+class Multi(dspy.Signature):
+    """List every animal in the image."""
+
+    image: dspy.Image = dspy.InputField()
+    label: list[Literal["cat", "dog", "bird"]] = dspy.OutputField()
+
+
+class Scene(BaseModel):
+    place: Literal["indoor", "outdoor"]
+    count: Literal[1, 2, 3]
+
+
+class Fields(dspy.Signature):
+    """Describe the image."""
+
+    image: dspy.Image = dspy.InputField()
+    animal: Literal["cat", "dog", "bird"] = dspy.OutputField()
+    color: Literal["red", "green", "blue"] = dspy.OutputField()
+    scene: Scene = dspy.OutputField()
+
+
+def png(color: str, size: tuple[int, int] = (48, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image(color: str) -> dspy.Image:
+    return dspy.Image("data:image/png;base64," + base64.b64encode(png(color)).decode())
+
+
+@pytest.fixture(scope="module", params=["lfm2_vl", "idefics3"])
+def lm(request) -> dspy.LM:
+    """One uncached LM per tiny architecture; batches wait 50 ms so concurrent calls meet."""
+    torch.set_num_threads(2)
+    model_dir = request.getfixturevalue(f"tiny_{request.param}_dir")
+    lm = create_lm(str(model_dir), max_new_tokens=96, max_batch_size=8, max_wait_ms=50, cache=False)
+    yield lm
+    lm.engine.close()
+
+
+def predict(lm: dspy.LM, signature, **inputs) -> dspy.Prediction:
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        return dspy.Predict(signature)(**inputs)
+
+
+def last_request(lm: dspy.LM) -> Request:
+    """The last adapter-made request: DSPy records its OpenAI-style messages, rebuilt as DSPy does."""
+    return request_from_openai_chat({"model": lm.model, "messages": lm.history[-1]["messages"]})
+
+
+def last_text(lm: dspy.LM) -> str:
+    output = lm.history[-1]["outputs"][0]
+    return output["text"] if isinstance(output, dict) else output
+
+
+def test_single_label_answers_are_labels_with_a_distribution(lm):
+    for color in COLORS[:3]:
+        pred = predict(lm, Single, image=image(color))
+        assert pred.label in ANIMALS
+        assert json.loads(last_text(lm)) == {"label": pred.label}
+        probs = prediction_probabilities(pred, ANIMALS)
+        assert probs is not None and set(probs) == set(ANIMALS)
+        assert math.isclose(sum(probs.values()), 1.0, abs_tol=1e-6)
+        assert max(probs, key=probs.get) == pred.label  # the answer is the most likely label
+
+
+def test_multi_label_answers_validate(lm):
+    for color in COLORS[:3]:
+        pred = predict(lm, Multi, image=image(color))
+        raw = json.loads(last_text(lm))
+        TypeAdapter(list[Literal["cat", "dog", "bird"]]).validate_python(raw["label"])
+        assert set(raw) == {"label"} and pred.label == raw["label"]
+        assert len(pred.label) <= len(ANIMALS)  # maxItems bound keeps weak models from looping
+        assert prediction_probabilities(pred) is None  # token log-probs, not a label distribution
+
+
+def test_multi_field_answers_validate(lm):
+    for color in COLORS[:3]:
+        pred = predict(lm, Fields, image=image(color))
+        raw = last_text(lm)
+        assert " " not in raw and "\n" not in raw  # compact JSON, whitespace pinned
+        parsed = json.loads(raw)
+        assert list(parsed) == ["animal", "color", "scene"]
+        assert pred.animal in ANIMALS and pred.color in ("red", "green", "blue")
+        assert Scene.model_validate(parsed["scene"]) == pred.scene
+
+
+def test_demos_and_system_prompt_reach_the_model(lm):
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        program = dspy.Predict(Single)
+        program.demos = [dspy.Example(image=image("blue"), label="dog")]
+        program(image=image("red"))
+    chat = chat_input_from_request(last_request(lm))
+    assert [m["role"] for m in chat.messages] == ["system", "user", "assistant", "user"]
+    assert len(chat.images) == 2 and chat.images[0].getpixel((0, 0)) == (0, 0, 255)
+    prompt = render_prompt(lm.engine.processor, chat)
+    assert "Classify the animal in the image." in prompt and '"label": "dog"' in prompt
+
+
+def test_label_probabilities_match_a_direct_computation(lm):
+    pred = predict(lm, Single, image=image("green"))
+    engine = lm.engine
+    chat = chat_input_from_request(last_request(lm))
+    prompt = render_prompt(engine.processor, chat)
+    answers = [engine.tokenizer.encode(json.dumps({"label": a}, separators=(",", ":")), add_special_tokens=False)
+               for a in ANIMALS]
+    shared = next(i for i in range(len(answers[0])) if len({tuple(a[: i + 1]) for a in answers}) > 1)
+    scores = []
+    with torch.inference_mode():
+        for answer in answers:  # one unpadded forward per label: no batching, no logits_to_keep
+            inputs = engine.processor(text=[prompt], images=[chat.images], return_tensors="pt")
+            ids = torch.cat([inputs.pop("input_ids"), torch.tensor([answer])], dim=1)
+            inputs.pop("attention_mask")
+            logprobs = engine.model(input_ids=ids, attention_mask=torch.ones_like(ids), **inputs).logits[0].log_softmax(-1)
+            start = ids.shape[1] - len(answer)
+            scores.append(sum(float(logprobs[start + t - 1, answer[t]]) for t in range(shared, len(answer))))
+    expected = dict(zip(ANIMALS, torch.tensor(scores).softmax(0).tolist(), strict=True))
+    got = prediction_probabilities(pred, ANIMALS)
+    assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_explicit_request_carries_the_measured_distribution(lm):
+    schema = {"type": "object", "properties": {"label": {"type": "string", "enum": list(ANIMALS)}},
+              "required": ["label"], "additionalProperties": False}
+    request = Request(model=lm.model, messages=(Message.user([TextPart("What is it?"), ImagePart(
+        data=base64.b64encode(png("red")).decode(), media_type="image/png")]),),
+        config=Config(response_format={"type": "json_schema", "schema": schema}))
+    response = lm(request)
+    probabilities = response_probabilities(response)["label"]
+    assert set(probabilities) == set(ANIMALS) and math.isclose(sum(probabilities.values()), 1.0, abs_tol=1e-6)
+    assert response.usage.input_tokens > 0 and response.usage.output_tokens > 0
+
+
+def test_raw_text_without_schema(lm):
+    before = lm.engine.stats.generate_calls
+    response = lm(Request(model=lm.model, messages=(Message.user("Say a word."),), config=Config(max_tokens=5)))
+    assert isinstance(response.text, str)
+    assert response.usage.output_tokens <= 5 and response.usage.input_tokens > 0
+    assert response.finish_reason in ("stop", "length")
+    assert lm.engine.stats.generate_calls == before + 1
+
+
+def test_concurrent_calls_are_batched_and_each_gets_its_own_answer(lm):
+    sequential = [prediction_probabilities(predict(lm, Single, image=image(c)), ANIMALS) for c in COLORS]
+    sequential_multi = [predict(lm, Multi, image=image(c)).label for c in COLORS]
+    batches_before = len(lm.engine.stats.batch_sizes)
+    devset = [dspy.Example(image=image(c), label="cat").with_inputs("image") for c in COLORS]
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        result = dspy.Evaluate(devset=devset, metric=lambda ex, pred, trace=None: pred.label == ex.label,
+                               num_threads=8, display_progress=False)(dspy.Predict(Single))
+    with ThreadPoolExecutor(8) as pool:  # plain threads: no inherited dspy.context
+        concurrent_multi = list(pool.map(lambda c: predict(lm, Multi, image=image(c)).label, COLORS))
+    concurrent = [prediction_probabilities(pred, ANIMALS) for _, pred, _ in result.results]
+    for got, want in zip(concurrent, sequential, strict=True):
+        assert got == pytest.approx(want, abs=1e-4)
+    assert concurrent_multi == sequential_multi
+    assert max(lm.engine.stats.batch_sizes[batches_before:]) > 1
+
+
+def test_one_bad_request_fails_only_its_caller(lm):
+    good = Request(model=lm.model, messages=(Message.user([TextPart("Hi"), ImagePart(
+        data=base64.b64encode(png("red")).decode(), media_type="image/png")]),), config=Config(max_tokens=3))
+    bad = Request(model=lm.model, messages=(Message.user([TextPart("Hi"), ImagePart(
+        data=base64.b64encode(b"not an image").decode(), media_type="image/png")]),), config=Config(max_tokens=3))
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(lm, r) for r in (good, bad, good, good)]
+    assert all(futures[i].result().usage.input_tokens > 0 for i in (0, 2, 3))
+    with pytest.raises(Exception, match="image"):
+        futures[1].result()
+
+
+def test_same_request_twice_is_one_generate(tiny_lfm2_vl_dir, monkeypatch):
+    monkeypatch.setattr(dspy, "cache", Cache(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None))
+    lm = create_lm(str(tiny_lfm2_vl_dir), max_new_tokens=16)
+    try:
+        first = predict(lm, Multi, image=image("red"))
+        second = predict(lm, Multi, image=image("red"))
+        assert first.label == second.label
+        assert lm.engine.stats.requests == 1 and lm.engine.stats.generate_calls == 1
+        predict(lm, Multi, image=image("blue"))
+        assert lm.engine.stats.requests == 2
+    finally:
+        lm.engine.close()
+
+
+def test_model_string_names_weights_and_settings(lm):
+    engine = lm.engine
+    assert lm.model == engine.model_string
+    assert engine.source.fingerprint in lm.model and ":float32:cpu" in lm.model
+
+
+def test_unstructured_lm_sends_no_schema(tiny_idefics3_dir):
+    lm = create_lm(str(tiny_idefics3_dir), max_new_tokens=8, structured=False, cache=False)
+    try:
+        with pytest.raises(AdapterParseError):  # random free text is not a JSON answer
+            predict(lm, Single, image=image("red"))
+        assert "response_format" not in lm.history[-1]["kwargs"]
+        assert lm.engine.stats.score_calls == 0 and lm.engine.stats.generate_calls >= 1
+    finally:
+        lm.engine.close()
+
+
+def test_lm_state_round_trip_rebuilds_the_engine(lm):
+    state = lm.dump_state()
+    assert state["engine"]["class"] == "vlmopt.serving.transformers_engine:TransformersEngine"
+    json.dumps(state)
+    loaded = dspy.LM.load_state(state, allow_custom_lm_class=True)
+    try:
+        assert isinstance(loaded.engine, TransformersEngine) and loaded.model == lm.model
+        assert predict(loaded, Single, image=image("red")).label == predict(lm, Single, image=image("red")).label
+    finally:
+        loaded.engine.close()
+
+
+def test_unreachable_hub_id_fails_fast_with_a_way_out(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubUnreachableError, match=r"unreachable.*model\.id"):
+        create_lm("LiquidAI/LFM2-VL-450M")
