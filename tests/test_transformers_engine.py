@@ -199,6 +199,19 @@ def test_concurrent_calls_are_batched_and_each_gets_its_own_answer(lm):
     assert max(lm.engine.stats.batch_sizes[batches_before:]) > 1
 
 
+def test_rows_with_different_schemas_share_a_batch(lm):
+    batches_before = len(lm.engine.stats.batch_sizes)
+    jobs = [(Multi if i % 2 else Fields, COLORS[i]) for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        preds = list(pool.map(lambda job: predict(lm, job[0], image=image(job[1])), jobs))
+    for (signature, _), pred in zip(jobs, preds, strict=True):
+        if signature is Multi:
+            assert set(pred.label) <= set(ANIMALS)
+        else:
+            assert pred.animal in ANIMALS and isinstance(pred.scene, Scene)
+    assert max(lm.engine.stats.batch_sizes[batches_before:]) > 1
+
+
 def test_one_bad_request_fails_only_its_caller(lm):
     good = Request(model=lm.model, messages=(Message.user([TextPart("Hi"), ImagePart(
         data=base64.b64encode(png("red")).decode(), media_type="image/png")]),), config=Config(max_tokens=3))
