@@ -117,6 +117,7 @@ def test_inspect_eval_notebook_runs_headless_on_a_run(fixture_run_dir, monkeypat
     (grid_png,) = by_source["show_grid(df, only_misclassified=True)"][1]
     assert Image.open(io.BytesIO(grid_png)).size[0] > 300
     (confusion_png,) = by_source["    display(show_confusion(RUN_DIR, field=field))"][1]
-    assert Image.open(io.BytesIO(confusion_png)).size == Image.open(fixture_run_dir / "confusion.png").size
+    shown, drawn = Image.open(io.BytesIO(confusion_png)).size, Image.open(fixture_run_dir / "confusion.png").size
+    assert all(0 <= a - b <= 40 for a, b in zip(shown, drawn, strict=True)), "the inline backend pads a little"
     assert str(fixture_run_dir / "report.html") in by_source["print(report)"][0]
     assert (fixture_run_dir / "report.html").exists()
