@@ -5,7 +5,7 @@ Detection rules (the config's ``image_column`` / ``label_column`` / ``id_column`
 * image: the column with an ``Image`` feature; for manifests, the string column whose values
   are file names with an image extension;
 * label (single_label): the ``ClassLabel`` column, else the one string column left;
-* labels (multi_label): the list column (of ``ClassLabel`` or strings), else the one string
+* label (multi_label): the list column (of ``ClassLabel`` or strings), else the one string
   column left (then a cell holds labels separated by ``|``);
 * fields (multi_field): one column per field, named as in ``task.fields``;
 * id: none by default (the loader then uses the file path, or the row index).
@@ -24,7 +24,7 @@ from vlmopt.config import DatasetConfig, TaskSpec
 from vlmopt.datasets.errors import DatasetError
 
 _IMAGE_SUFFIXES = frozenset(Image.registered_extensions())
-RESERVED_KEYS = ("image", "id")
+RESERVED_KEYS = ("image", "id", "label")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,11 @@ def detect_columns(dataset: datasets.Dataset, cfg: DatasetConfig, task: TaskSpec
     """Resolve every column the task needs, or raise a ``DatasetError`` naming what to set."""
     features = dataset.features
     available = list(features)
-    for key, name in (("image_column", cfg.image_column), ("label_column", cfg.label_column), ("id_column", cfg.id_column)):
+    for key, name in (
+        ("image_column", cfg.image_column),
+        ("label_column", cfg.label_column),
+        ("id_column", cfg.id_column),
+    ):
         if name is not None and name not in features:
             raise DatasetError(f"{source}: dataset.{key} {name!r} not found; available columns: {available}")
 
@@ -118,5 +122,7 @@ def _exactly_one(found: list[str], what: str, available: list[str], source: str)
     if len(found) == 1:
         return found[0]
     if not found:
-        raise DatasetError(f"{source}: no {what} column found; set dataset.{what}_column. Available columns: {available}")
+        raise DatasetError(
+            f"{source}: no {what} column found; set dataset.{what}_column. Available columns: {available}"
+        )
     raise DatasetError(f"{source}: several candidate {what} columns {found}; set dataset.{what}_column")

@@ -61,7 +61,9 @@ def open_image(source: ImageSource, *, max_pixels: int | None = None, max_side: 
             img = Image.open(io.BytesIO(data))
             width, height = img.size
             if limit is not None and width * height > limit:
-                raise BadImage("too_large", f"{name} is {width}x{height} = {width * height} pixels, over the {limit} limit")
+                raise BadImage(
+                    "too_large", f"{name} is {width}x{height} = {width * height} pixels, over the {limit} limit"
+                )
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
             if max_side is not None and img.format == "JPEG":
@@ -167,4 +169,3 @@ def _sixteen_to_eight(img: Image.Image) -> Image.Image:
     if img.mode != "I" or values.max(initial=0) > 255:
         values = np.clip(values, 0, 65535) >> 8
     return Image.fromarray(values.astype(np.uint8))
-

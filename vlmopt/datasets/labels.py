@@ -1,7 +1,8 @@
 """Turn raw label values into the targets an example holds, and resolve the class names.
 
-* single_label: ``{"label": "cat"}``; multi_label: ``{"labels": ["cat", "outdoor"]}``;
-  multi_field: ``{"age_group": "adult", "gender": "female", ...}`` (one key per field).
+* single_label: ``{"label": "cat"}``; multi_label: ``{"label": ["cat", "outdoor"]}`` (a list,
+  under ``label`` too: ``dspy.Example.labels()`` is a method a ``labels`` key would shadow, and
+  the signatures and metrics use ``label``); multi_field: ``{"age_group": "adult", ...}``.
 * ``label_mapping`` (raw value -> class name) is looked up by the raw value, its string form,
   its integer form (a ``"0"`` read from JSON) and, for a ``ClassLabel``, the class's name.
 * A raw value the mapping lacks, a class outside ``task.labels``, a field value outside the
@@ -48,7 +49,9 @@ class TargetReader:
     fields: dict[str, list[str]] | None
 
     @classmethod
-    def build(cls, features: datasets.Features, columns: Columns, dataset: DatasetConfig, task: TaskSpec) -> TargetReader:
+    def build(
+        cls, features: datasets.Features, columns: Columns, dataset: DatasetConfig, task: TaskSpec
+    ) -> TargetReader:
         labels = tuple(task.labels) if task.labels is not None else None
         return cls(task.output, columns, features, dataset.label_mapping, labels, task.fields)
 
@@ -65,7 +68,7 @@ class TargetReader:
         if not isinstance(raw, list):
             raise LabelSkip("missing_label", f"{item}: labels {raw!r} are not a list")
         inner = getattr(feature, "feature", feature)
-        return {"labels": list(dict.fromkeys(self._class_of(value, inner, item) for value in raw))}
+        return {"label": list(dict.fromkeys(self._class_of(value, inner, item) for value in raw))}
 
     def class_names(self, targets: Sequence[dict[str, Any]]) -> list[str]:
         """The resolved class names (empty for multi_field, whose values come from task.fields)."""
@@ -79,7 +82,7 @@ class TargetReader:
             return list(feature.names)
         if self.output == "single_label":
             return sorted({t["label"] for t in targets})
-        return sorted({label for t in targets for label in t["labels"]})
+        return sorted({label for t in targets for label in t["label"]})
 
     def _class_of(self, raw: Any, feature: Any, item: str) -> str:
         if raw is None or raw == "":
@@ -97,7 +100,9 @@ class TargetReader:
                 )
             cls = found
         if self.labels is not None and cls not in self.labels:
-            raise LabelSkip("label_not_in_labels", f"{item}: label {cls!r} is not one of task.labels {list(self.labels)}")
+            raise LabelSkip(
+                "label_not_in_labels", f"{item}: label {cls!r} is not one of task.labels {list(self.labels)}"
+            )
         return cls
 
     def _field_value(self, name: str, raw: Any, item: str) -> str:
@@ -132,7 +137,7 @@ def order_labels(targets: list[dict[str, Any]], classes: Sequence[str]) -> None:
     """Put each multi-label list in class order, so equal label sets compare equal."""
     rank = {name: i for i, name in enumerate(classes)}
     for target in targets:
-        target["labels"] = sorted(target["labels"], key=lambda label: rank.get(label, len(rank)))
+        target["label"] = sorted(target["label"], key=lambda label: rank.get(label, len(rank)))
 
 
 def strata(targets: Sequence[dict[str, Any]], output: str, classes: Sequence[str]) -> list[str]:
@@ -146,6 +151,8 @@ def strata(targets: Sequence[dict[str, Any]], output: str, classes: Sequence[str
     if output == "multi_field":
         first = next(iter(targets[0])) if targets else None
         return [t[first] for t in targets]
-    counts = Counter(label for t in targets for label in t["labels"])
+    counts = Counter(label for t in targets for label in t["label"])
     rank = {name: i for i, name in enumerate(classes)}
-    return [min(t["labels"], key=lambda lab: (counts[lab], rank.get(lab, 0))) if t["labels"] else NO_LABEL for t in targets]
+    return [
+        min(t["label"], key=lambda lab: (counts[lab], rank.get(lab, 0))) if t["label"] else NO_LABEL for t in targets
+    ]

@@ -149,7 +149,9 @@ def _read_items(opened: OpenedSource, columns: Columns, reader: TargetReader, sk
         else:
             item_id = str(position)
         if item_id in seen:
-            raise DatasetError(f"id {item_id!r} appears twice (rows {seen[item_id]} and {position}); ids must be unique")
+            raise DatasetError(
+                f"id {item_id!r} appears twice (rows {seen[item_id]} and {position}); ids must be unique"
+            )
         seen[item_id] = position
         try:
             target = reader.read(row, f"item {item_id!r}")
@@ -161,7 +163,12 @@ def _read_items(opened: OpenedSource, columns: Columns, reader: TargetReader, sk
 
 
 def _decode(
-    opened: OpenedSource, columns: Columns, items: list[_Item], max_side: int, max_pixels: int | None, skipped: list[Skip]
+    opened: OpenedSource,
+    columns: Columns,
+    items: list[_Item],
+    max_side: int,
+    max_pixels: int | None,
+    skipped: list[Skip],
 ) -> dict[str, dspy.Example]:
     """Decode each chosen image once, in table order; bad images become skips."""
     table = opened.dataset.select_columns([columns.image]).select([item.position for item in items])

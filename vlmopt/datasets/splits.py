@@ -2,9 +2,10 @@
 
 Both work per stratum (class) and round each class's share down or up, so every class's count
 in the sample and in each split is within one item of its exact share; the rounding is balanced
-across classes so that no split collects every class's extra item. Randomness comes from ``random.Random`` seeded with a string of the seed and the class,
-so the result depends only on the config's seed and the data, never on hash randomisation, and
-adding a class does not reshuffle the others.
+across classes so that no split collects every class's extra item. Randomness comes from
+``random.Random`` seeded with a string of the seed and the class, so the result depends only on
+the config's seed and the data, never on hash randomisation, and adding a class does not
+reshuffle the others.
 
 Example::
 

@@ -49,7 +49,14 @@ SHAPES: dict[str, Callable[[ImageDraw.ImageDraw, Box, tuple], None]] = {
     "circle": lambda draw, box, fill: draw.ellipse(box, fill=fill),
     "square": lambda draw, box, fill: draw.rectangle(box, fill=fill),
     "triangle": _polygon(lambda b: [((b[0] + b[2]) / 2, b[1]), (b[2], b[3]), (b[0], b[3])]),
-    "diamond": _polygon(lambda b: [((b[0] + b[2]) / 2, b[1]), (b[2], (b[1] + b[3]) / 2), ((b[0] + b[2]) / 2, b[3]), (b[0], (b[1] + b[3]) / 2)]),
+    "diamond": _polygon(
+        lambda b: [
+            ((b[0] + b[2]) / 2, b[1]),
+            (b[2], (b[1] + b[3]) / 2),
+            ((b[0] + b[2]) / 2, b[3]),
+            (b[0], (b[1] + b[3]) / 2),
+        ]
+    ),
     "cross": _cross,
     "ring": _ring,
 }
@@ -209,4 +216,3 @@ def make_bad_images(out_dir: str | Path) -> dict[str, Path]:
     exif[0x0112] = 6
     save("exif_rotated", "rotated.jpg", base, exif=exif, quality=95)
     return paths
-
