@@ -38,4 +38,5 @@ def create_lm(cfg: TaskConfig) -> dspy.LM:
         max_batch_size=cfg.backend.max_batch_size,
         max_wait_ms=cfg.backend.max_wait_ms,
         seed=cfg.seed,
+        structured=cfg.task.structured_generation,
     )

@@ -1,0 +1,155 @@
+"""The ``vlmopt`` command line: one command per job, thin glue over library functions.
+
+Errors a user can fix (bad config, unreadable dataset, unreachable hub or server, unwritable run
+directory) print one clear message and exit non-zero — never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from vlmopt.config import ConfigError, TaskConfig, load_config
+
+app = typer.Typer(
+    name="vlmopt",
+    help="Turn a small local VLM into an image classifier by optimizing the prompt, not the weights.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Check and show task configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Task config YAML (native or flat shape).", show_default=False)]
+
+
+def user_errors(fn):
+    """Turn the errors a user can act on into a one-line message and exit code 2."""
+    from vlmopt.errors import USER_ERRORS
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: finished predictions are kept in the run directory.")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _load(path: Path) -> TaskConfig:
+    return load_config(path)
+
+
+@config_app.command("validate")
+@user_errors
+def config_validate(config: ConfigArg) -> None:
+    """Check a task config; exit 2 with the problem and the fix if it is wrong."""
+    cfg = _load(config)
+    console.print(f"[green]ok[/]: {config} ({cfg.task.output}, model {cfg.model.id}, dataset {cfg.dataset.source})")
+
+
+@config_app.command("show")
+@user_errors
+def config_show(config: ConfigArg) -> None:
+    """Print the resolved config (defaults filled in) as YAML."""
+    console.print(_load(config).model_dump_yaml(), highlight=False, markup=False, end="")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    config: ConfigArg,
+    split: Annotated[str, typer.Option(help="Which split to score: val, test or all.")] = "test",
+    limit: Annotated[Optional[int], typer.Option(help="Score only the first N items of the split.")] = None,
+    num_threads: Annotated[Optional[int], typer.Option(help="Concurrent calls (default: run.num_threads).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="Override backend.kind: transformers or openai.")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server URL (implies --backend openai).")] = None,
+) -> None:
+    """Score the config's prompt on a split; write runs/<name>-<timestamp>/ with predictions and metrics."""
+    from vlmopt.metrics import summary_table
+    from vlmopt.pipeline import evaluate_task
+
+    if split not in ("val", "test", "all", "train"):
+        raise ConfigError(f"--split must be val, test or all (got {split!r})")
+    cfg = _with_backend(_load(config), backend, base_url)
+    run, outcome = evaluate_task(cfg, split=split, limit=limit, num_threads=num_threads, console=console)
+    console.print(summary_table(outcome.metrics))
+    console.print(f"run directory: [bold]{run.path}[/]")
+
+
+def _with_backend(cfg: TaskConfig, backend: str | None, base_url: str | None) -> TaskConfig:
+    """Apply --backend / --base-url through the same validation as the YAML."""
+    from vlmopt.config import parse_config
+
+    if backend is None and base_url is None:
+        return cfg
+    raw = cfg.model_dump()
+    raw["backend"]["kind"] = backend or "openai"
+    if base_url:
+        raw["backend"]["base_url"] = base_url
+    return parse_config(raw, "command line")
+
+
+@app.command()
+@user_errors
+def serve(
+    model: Annotated[str, typer.Argument(help="Hub id or local model directory to serve.", show_default=False)],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[Optional[int], typer.Option(help="Port (default: a free one).")] = None,
+    max_model_len: Annotated[int, typer.Option(help="Context length: room for the demos' image tokens.")] = 8192,
+    max_images: Annotated[int, typer.Option(help="Images per prompt: few-shot demos plus the query.")] = 9,
+    python: Annotated[Optional[str], typer.Option(help="Interpreter with vLLM (default: .venv-vllm or this one).")] = None,
+    startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 900.0,
+) -> None:
+    """Start a vLLM OpenAI-compatible server for a VLM classifier; print its base URL; Ctrl-C stops it.
+
+    Flags set for few-shot image classification: prefix caching (instructions and demos are shared
+    by every request), several images per prompt, compact-whitespace structured outputs.
+    """
+    from vlmopt.serving.vllm_server import VLLMServer
+
+    server = VLLMServer(
+        model, python=python, host=host, port=port, max_model_len=max_model_len,
+        limit_mm_per_prompt={"image": max_images}, enable_prefix_caching=True, compact_json=True,
+        startup_timeout=startup_timeout,
+    )
+    console.print(f"starting vLLM for [bold]{model}[/] (log: wait for /health) ...")
+    with server:
+        console.print(f"ready: base URL [bold]{server.base_url}[/]  (Ctrl-C to stop)")
+        console.print(f"use it: vlmopt evaluate CONFIG --base-url {server.base_url}")
+        try:
+            server.wait()
+        except KeyboardInterrupt:
+            console.print("stopping the server ...")
+    console.print("server stopped")
+
+
+@app.command()
+@user_errors
+def demo(
+    offline: Annotated[bool, typer.Option("--offline", help="Use a tiny fixture VLM and synthetic shapes.")] = False,
+    workdir: Annotated[Path, typer.Option(help="Where the offline model, images and runs go.")] = Path("runs/demo"),
+) -> None:
+    """Run the whole pipeline end to end. --offline: a pipeline check on fixtures, not an accuracy claim."""
+    if not offline:
+        raise ConfigError("demo runs offline only: use `vlmopt demo --offline`, or `vlmopt optimize CONFIG` for a real task")
+    from vlmopt.demo import run_offline_demo
+
+    run_offline_demo(workdir, console=console)
+
+
+def main() -> None:  # pragma: no cover - console-script entry
+    app()

@@ -1,0 +1,28 @@
+"""The errors a user can act on, gathered for the CLI: each prints as one message, never a traceback.
+
+Each layer raises its own error class where the problem is found (the config, the dataset, the
+hub, the server, the run directory); this module only lists them, so the CLI's catch-all stays
+one line and a new layer's error is added here once.
+"""
+
+from __future__ import annotations
+
+import dspy
+
+from vlmopt.config import ConfigError
+from vlmopt.datasets.errors import DatasetError
+from vlmopt.evaluate import EvaluationInterrupted
+from vlmopt.reports.run_dir import RunDirError
+from vlmopt.serving.model_loading import HubUnreachableError
+from vlmopt.serving.vllm_server import VLLMServerError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    DatasetError,
+    HubUnreachableError,
+    RunDirError,
+    EvaluationInterrupted,
+    VLLMServerError,
+    dspy.LMTransportError,  # an unreachable server: DSPy names host and port
+    dspy.LMTimeoutError,
+)

@@ -1,0 +1,197 @@
+"""The evaluator loop: a program over labelled images -> prediction records, metrics, a run directory.
+
+One loop serves ``vlmopt evaluate``, the optimizer's baseline / final test and notebooks. It runs
+through ``dspy.Evaluate`` (threads, so the in-process engine can micro-batch), and writes each
+record the moment its prediction is scored, so Ctrl-C keeps every finished row and a rerun
+replays them from DSPy's disk cache instead of calling the model again.
+
+Example::
+
+    outcome = evaluate_program(program, examples, lm=lm, task=cfg.task, run=run, num_threads=4)
+    outcome.metrics["accuracy"], len(outcome.records), outcome.failed_ids
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from vlmopt.config import TaskSpec
+from vlmopt.metrics import answer_correct, compute_metrics
+from vlmopt.metrics.records import PredictionRecord
+from vlmopt.programs.adapter import RAW_KEY
+from vlmopt.programs.confidence import label_confidence
+from vlmopt.reports.run_dir import RunDir
+
+logger = logging.getLogger(__name__)
+
+
+class EvaluationInterrupted(RuntimeError):
+    """The run stopped early (Ctrl-C or too many failed items); finished rows are on disk."""
+
+
+@dataclass
+class EvalOutcome:
+    records: list[PredictionRecord]
+    failed_ids: list[str]
+    metrics: dict[str, Any]
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def gold_of(example: dspy.Example, task: TaskSpec) -> Any:
+    """The example's answer in record shape (label, label list, or field -> value)."""
+    if task.output == "multi_field":
+        return {name: example[name] for name in task.fields or {}}
+    return example.label
+
+
+def answer_of(pred: dspy.Prediction, task: TaskSpec) -> Any:
+    """The prediction's answer in record shape, or None when the output was invalid."""
+    if not pred.get("valid", True):
+        return None
+    if task.output == "multi_field":
+        return {name: pred[name] for name in task.fields or {}}
+    return pred.label
+
+
+def _usage(pred: dspy.Prediction) -> tuple[int | None, int | None]:
+    usage = pred.get_lm_usage() or {}
+    if not usage:
+        return None, None
+    prompt = sum(int(u.get("prompt_tokens") or 0) for u in usage.values())
+    completion = sum(int(u.get("completion_tokens") or 0) for u in usage.values())
+    return prompt, completion
+
+
+class _Timed(dspy.Module):
+    """Runs the program on one example and times it; ``id`` rides along so failures are named."""
+
+    def __init__(self, program: dspy.Module, errors: dict[str, str]):
+        super().__init__()
+        self.program = program
+        self._errors = errors
+
+    def forward(self, image: dspy.Image, id: str) -> dspy.Prediction:  # noqa: A002 - the example's key
+        start = time.perf_counter()
+        try:
+            pred = self.program(image=image)
+        except Exception as exc:  # noqa: BLE001 - recorded per item, the run goes on
+            self._errors[id] = f"{type(exc).__name__}: {exc}"
+            raise
+        pred.latency_s = time.perf_counter() - start
+        return pred
+
+
+def make_record(example: dspy.Example, pred: dspy.Prediction, task: TaskSpec) -> PredictionRecord:
+    prompt_tokens, completion_tokens = _usage(pred)
+    probabilities, confidence = label_confidence(pred)
+    return PredictionRecord(
+        id=str(example.id),
+        gold=gold_of(example, task),
+        predicted=answer_of(pred, task),
+        raw=pred.get(RAW_KEY) or "",
+        valid=bool(pred.get("valid", True)),
+        confidence=confidence,
+        probabilities=probabilities,
+        latency_s=float(pred.get("latency_s", 0.0)),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )
+
+
+def _progress(console: Console | None) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.2f} img/s"),
+        TextColumn("acc {task.fields[acc]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def evaluate_program(
+    program: dspy.Module,
+    examples: list[dspy.Example],
+    *,
+    lm: dspy.LM,
+    task: TaskSpec,
+    labels: list[str] | None = None,
+    run: RunDir | None = None,
+    num_threads: int = 4,
+    max_errors: int | None = None,
+    seed: int = 0,
+    console: Console | None = None,
+    description: str = "evaluate",
+) -> EvalOutcome:
+    """Predict every example, write rows as they finish, and summarise.
+
+    ``max_errors`` (default: a tenth of the items, at least 5) stops a run whose backend is
+    failing, instead of grinding through every remaining item; the finished rows are kept and
+    :class:`EvaluationInterrupted` names how many were done.
+    """
+    records: list[PredictionRecord] = []
+    errors: dict[str, str] = {}
+    n_correct = [0]
+    lock = threading.Lock()
+    started = time.perf_counter()
+
+    with _progress(console) as progress:
+        bar = progress.add_task(description, total=len(examples), rate=0.0, acc="-")
+
+        def metric(example: dspy.Example, pred: dspy.Prediction, trace=None) -> float:
+            record = make_record(example, pred, task)
+            correct = answer_correct(record.gold, record.predicted, task.output)
+            with lock:
+                records.append(record)
+                n_correct[0] += correct
+                if run is not None:
+                    run.append_prediction(record)
+                done = len(records)
+                acc = n_correct[0] / done
+                progress.update(bar, advance=1, rate=done / (time.perf_counter() - started), acc=f"{acc:.3f}")
+            return float(correct)
+
+        evaluator = dspy.Evaluate(
+            devset=[ex.with_inputs("image", "id") for ex in examples],
+            metric=metric,
+            num_threads=num_threads,
+            display_progress=False,
+            max_errors=max_errors if max_errors is not None else max(5, len(examples) // 10),
+            provide_traceback=False,
+        )
+        try:
+            with dspy.context(lm=lm, track_usage=True):
+                evaluator(_Timed(program, errors))
+        except Exception as exc:
+            if "cancelled" not in str(exc):
+                raise
+            _record_failures(run, errors)
+            raise EvaluationInterrupted(
+                f"{description} stopped after {len(records)} of {len(examples)} items "
+                f"({len(errors)} failed{'; last error: ' + list(errors.values())[-1] if errors else ''}). "
+                "Finished predictions are kept; rerun the same command to finish (cached calls replay)."
+            ) from None
+
+    _record_failures(run, errors)
+    metrics = compute_metrics(
+        records, output_kind=task.output, labels=labels or task.labels, fields=task.fields, seed=seed
+    )
+    metrics["n_failed"] = len(errors)
+    return EvalOutcome(records=records, failed_ids=list(errors), metrics=metrics, errors=errors)
+
+
+def _record_failures(run: RunDir | None, errors: dict[str, str]) -> None:
+    if run is None:
+        return
+    for item_id, reason in errors.items():
+        run.append_failure(item_id, "predict", reason)

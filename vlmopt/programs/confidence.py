@@ -1,0 +1,23 @@
+"""Label distribution and confidence of one prediction — kept in this one place.
+
+The backends measure the distribution (never numbers the model writes as text) and hand it to
+DSPy as the prediction's ``logprobs``: one decision entry whose ranked alternatives are the
+labels (see ``vlmopt.serving.label_scoring``). This module reads it back for the run records.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlmopt.serving.label_scoring import prediction_probabilities
+
+
+def label_confidence(pred: Any) -> tuple[dict[str, float] | None, float | None]:
+    """``(probabilities, confidence)``: label -> p, and p of the answer given; (None, None) if unmeasured."""
+    if not pred.get("valid", True):
+        return None, None
+    probabilities = prediction_probabilities(pred)
+    answer = pred.get("label")
+    if not probabilities or not isinstance(answer, str):
+        return None, None
+    return probabilities, probabilities.get(answer)
