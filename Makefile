@@ -9,7 +9,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 CONFIG ?= configs/cats_vs_dogs.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install vllm-venv demo demo-offline test test-fast clean
+.PHONY: install vllm-venv chromium demo demo-offline test test-fast clean
 
 install: $(VENV)/.installed
 
@@ -23,13 +23,17 @@ $(VENV)/.installed: pyproject.toml
 vllm-venv:
 	bash scripts/setup_vllm_venv.sh
 
+# Headless Chromium from apt for the report's browser test (idempotent; needs root or sudo).
+chromium:
+	bash scripts/install_chromium.sh
+
 demo: install
 	$(BIN)/vlmopt optimize $(CONFIG)
 
 demo-offline: install
 	$(BIN)/vlmopt demo --offline
 
-test: install vllm-venv
+test: install vllm-venv chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install

@@ -43,7 +43,8 @@ def _num(value: Any, digits: int = 3) -> str:
         return "–"
     if isinstance(value, int):
         return str(value)
-    return f"{value:.{digits}f}"
+    # Token counts and other large means read better without three decimals.
+    return f"{value:.{1 if abs(value) >= 100 else digits}f}"
 
 
 _env.filters["num"] = _num
