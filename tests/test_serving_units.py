@@ -123,7 +123,8 @@ def test_classifier_field_only_for_a_single_string_enum():
     def fmt(properties):
         return {"type": "json_schema", "schema": {"type": "object", "properties": properties}}
 
-    assert classifier_field(fmt({"label": {"type": "string", "enum": ["a", "b"]}})) == ClassifierField("label", ("a", "b"))
+    single = fmt({"label": {"type": "string", "enum": ["a", "b"]}})
+    assert classifier_field(single) == ClassifierField("label", ("a", "b"))
     assert classifier_field(fmt({"label": {"type": "string", "enum": ["a", "b"]}, "why": {"type": "string"}})) is None
     assert classifier_field(fmt({"label": {"type": "array", "items": {"enum": ["a", "b"]}}})) is None
     assert classifier_field(fmt({"ok": {"type": "boolean"}})) is None

@@ -153,7 +153,8 @@ def test_label_probabilities_match_a_direct_computation(lm):
             inputs = engine.processor(text=[prompt], images=[chat.images], return_tensors="pt")
             ids = torch.cat([inputs.pop("input_ids"), torch.tensor([answer])], dim=1)
             inputs.pop("attention_mask")
-            logprobs = engine.model(input_ids=ids, attention_mask=torch.ones_like(ids), **inputs).logits[0].log_softmax(-1)
+            logits = engine.model(input_ids=ids, attention_mask=torch.ones_like(ids), **inputs).logits[0]
+            logprobs = logits.log_softmax(-1)
             start = ids.shape[1] - len(answer)
             scores.append(sum(float(logprobs[start + t - 1, answer[t]]) for t in range(shared, len(answer))))
     expected = dict(zip(ANIMALS, torch.tensor(scores).softmax(0).tolist(), strict=True))

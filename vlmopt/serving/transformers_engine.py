@@ -128,7 +128,8 @@ class TransformersEngine:
         generation = self.model.generation_config
         eos = generation.eos_token_id if generation.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
-        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
         vocab_size = self.model.get_output_embeddings().weight.shape[0]
         self.grammars = GrammarCompiler(self.tokenizer, vocab_size=vocab_size, stop_token_ids=self.eos_token_ids)
         self.max_new_tokens = max_new_tokens
@@ -223,7 +224,7 @@ class TransformersEngine:
     def _encode(self, prompts: list[str], images: list[list[Image.Image]]):
         batch = self.processor(text=prompts, images=images if any(images) else None, padding=True,
                                return_tensors="pt")
-        return batch.to(self.device, dtype=self.model.dtype) if self.model.dtype.is_floating_point else batch.to(self.device)
+        return batch.to(self.device, dtype=self.model.dtype)  # casts only the floating tensors (pixels)
 
     @torch.inference_mode()
     def _generate(self, jobs: list[_Job]) -> list[_Result]:
@@ -245,21 +246,24 @@ class TransformersEngine:
                                      logits_processor=LogitsProcessorList([grammar]) if grammar else None, **extra)
         self.stats.add(generate_calls=1)
         prompt_width = batch["input_ids"].shape[1]
-        results = []
-        for row, job in enumerate(jobs):
-            tokens = output.sequences[row, prompt_width:].tolist()
-            ended = next((i for i, token in enumerate(tokens) if token in self.eos_token_ids), None)
-            kept = tokens[:ended] if ended is not None else _strip_padding(tokens, self.pad_token_id)
-            text = self.tokenizer.decode(kept, skip_special_tokens=True)
-            stopped = ended is not None or (grammar is not None and grammar.terminated(row))
-            for stop in job.stop:
-                if stop in text:
-                    text, stopped = text[:text.index(stop)], True
-            logprobs = self._token_logprobs(output.scores, row, kept, job.logprobs) if job.logprobs is not None else None
-            results.append(_Result(parts=(TextPart(text),), finish_reason="stop" if stopped or len(kept) < job.max_new_tokens else "length",
-                                   prompt_tokens=int(batch["attention_mask"][row].sum()),
-                                   completion_tokens=len(kept) + (ended is not None), logprobs=logprobs))
-        return results
+        return [self._row_result(job, row, output, grammar, prompt_tokens=int(batch["attention_mask"][row].sum()),
+                                 new_tokens=output.sequences[row, prompt_width:].tolist())
+                for row, job in enumerate(jobs)]
+
+    def _row_result(self, job: _Job, row: int, output, grammar: GrammarLogitsProcessor | None, *,
+                    prompt_tokens: int, new_tokens: list[int]) -> _Result:
+        """One row's text up to its end token (or stop string), with usage and finish reason."""
+        ended = next((i for i, token in enumerate(new_tokens) if token in self.eos_token_ids), None)
+        kept = new_tokens[:ended] if ended is not None else _strip_padding(new_tokens, self.pad_token_id)
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        stopped = ended is not None or (grammar is not None and grammar.terminated(row))
+        for stop in job.stop:
+            if stop in text:
+                text, stopped = text[:text.index(stop)], True
+        logprobs = self._token_logprobs(output.scores, row, kept, job.logprobs) if job.logprobs is not None else None
+        return _Result(parts=(TextPart(text),), prompt_tokens=prompt_tokens,
+                       finish_reason="stop" if stopped or len(kept) < job.max_new_tokens else "length",
+                       completion_tokens=len(kept) + (ended is not None), logprobs=logprobs)
 
     def _token_logprobs(self, scores, row: int, tokens: list[int], top: int) -> tuple[TokenLogprob, ...]:
         """Log-probs under the distribution each token was drawn from (after the grammar mask)."""
