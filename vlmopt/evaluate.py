@@ -26,7 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from vlmopt.config import TaskSpec
 from vlmopt.metrics import answer_correct, compute_metrics
 from vlmopt.metrics.records import PredictionRecord
-from vlmopt.programs.adapter import RAW_KEY
+from vlmopt.datasets.images import thumbnail_uri
+from vlmopt.programs.adapter import NORMALIZED_KEY, RAW_KEY
 from vlmopt.programs.confidence import label_confidence
 from vlmopt.reports.run_dir import RunDir
 
@@ -103,6 +104,9 @@ def make_record(example: dspy.Example, pred: dspy.Prediction, task: TaskSpec) ->
         latency_s=float(pred.get("latency_s", 0.0)),
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
+        label_normalized=bool(pred.get(NORMALIZED_KEY, False)),
+        image_ref=example.get("image_ref"),
+        thumbnail=thumbnail_uri(example.image),
     )
 
 

@@ -21,6 +21,7 @@ from vlmopt.datasets import load_splits
 from vlmopt.evaluate import EvalOutcome, evaluate_program
 from vlmopt.metrics import plot_confusion_matrix
 from vlmopt.programs import create_program
+from vlmopt.reports.html import write_report
 from vlmopt.reports.run_dir import METRICS, RunDir
 from vlmopt.serving.factory import create_lm
 
@@ -49,7 +50,7 @@ def evaluate_task(
     configure_cache(cfg)
     splits = load_splits(cfg)
     for skip in splits.skipped:
-        run.append_failure(skip.id, "image", skip.reason)
+        run.append_failure(skip.id, "image", skip.message)
     examples = splits.all if split == "all" else getattr(splits, split)
     examples = examples[:limit] if limit else examples
     program = create_program(cfg.task, splits.labels)
@@ -69,4 +70,5 @@ def evaluate_task(
     run.write_json(METRICS, outcome.metrics)
     if "confusion" in outcome.metrics:
         plot_confusion_matrix(outcome.metrics["confusion"], run.path / "confusion.png")
+    write_report(run.path)
     return run, outcome

@@ -117,6 +117,13 @@ def dspy_image_to_pil(image: dspy.Image) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(payload)))
 
 
+def thumbnail_uri(image: dspy.Image, side: int = 96) -> str:
+    """A small JPEG data URI of an image, so run records and reports need no image files."""
+    thumb = dspy_image_to_pil(image).convert("RGB")
+    thumb.thumbnail((side, side))
+    return to_dspy_image(thumb, quality=80).url
+
+
 def _read_bytes(source: ImageSource) -> bytes:
     if isinstance(source, bytes):
         data = source

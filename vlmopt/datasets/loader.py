@@ -181,7 +181,9 @@ def _decode(
         except BadImage as bad:
             skipped.append(Skip(item.id, item.path, bad.reason, f"item {item.id!r}: {bad.detail}"))
             continue
-        examples[item.id] = dspy.Example(image=image, **item.target, id=item.id).with_inputs("image")
+        examples[item.id] = dspy.Example(
+            image=image, **item.target, id=item.id, image_ref=item.path or item.id
+        ).with_inputs("image")
     return examples
 
 
