@@ -10,20 +10,25 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dspy
 from rich.console import Console
 
+from vlmopt.artifacts import read_verified, save_artifact
 from vlmopt.config import TaskConfig
 from vlmopt.datasets import load_splits
+from vlmopt.datasets.images import downscale_dspy_image
 from vlmopt.evaluate import EvalOutcome, evaluate_program
-from vlmopt.metrics import plot_confusion_matrix
+from vlmopt.metrics import metric_for, plot_confusion_matrix
+from vlmopt.optimizers.mipro import run_mipro
 from vlmopt.programs import create_program
 from vlmopt.reports.html import write_report
 from vlmopt.reports.run_dir import METRICS, RunDir
-from vlmopt.serving.factory import create_lm
+from vlmopt.serving.factory import create_lm, model_calls
 
 SplitName = Literal["train", "val", "test", "all"]
 
@@ -72,3 +77,111 @@ def evaluate_task(
         plot_confusion_matrix(outcome.metrics["confusion"], run.path / "confusion.png")
     write_report(run.path)
     return run, outcome
+
+
+@dataclass
+class OptimizeOutcome:
+    run: RunDir
+    baseline: dict[str, EvalOutcome]  # "val", "test"
+    optimized: dict[str, EvalOutcome]
+    history: list[dict[str, Any]]
+    artifact: Path
+    model_calls: int | None
+    notes: list[str] = field(default_factory=list)
+
+
+def provenance(cfg: TaskConfig, split_fingerprint: str) -> dict[str, Any]:
+    """Versions and fingerprints that say where an artifact came from (no secrets: env var *names* only)."""
+    import transformers
+
+    import vlmopt
+
+    config_text = cfg.model_dump_yaml()
+    return {
+        "vlmopt": vlmopt.__version__,
+        "dspy": dspy.__version__,
+        "transformers": transformers.__version__,
+        "config_sha256": hashlib.sha256(config_text.encode("utf-8")).hexdigest(),
+        "split_fingerprint": split_fingerprint,
+        "optimizer": cfg.optimizer.model_dump(),
+        "seed": cfg.seed,
+    }
+
+
+def _metrics_summary(outcome: EvalOutcome) -> dict[str, Any]:
+    keys = ("n", "n_valid", "n_invalid", "invalid_rate", "accuracy", "accuracy_ci", "macro_f1", "latency", "tokens")
+    return {k: outcome.metrics[k] for k in keys if k in outcome.metrics}
+
+
+def optimize_task(
+    cfg: TaskConfig,
+    *,
+    lm: dspy.LM | None = None,
+    prompt_lm: dspy.LM | None = None,
+    console: Console | None = None,
+) -> OptimizeOutcome:
+    """The held-out protocol: baseline on val and test, MIPROv2 on train/val, the winner on test once.
+
+    Writes the run directory: ``baseline/`` (the config's prompt on test), ``predictions.jsonl``
+    and ``metrics.json`` (the optimized program on test), ``baseline_metrics.json``,
+    ``trials.json`` (MIPROv2's history), ``prompt.json``, ``artifact.json`` and ``report.html``.
+    """
+    run = RunDir.create(cfg.run.output_dir, cfg.name or "run")
+    run.write_config(cfg)
+    configure_cache(cfg)
+    splits = load_splits(cfg)
+    for skip in splits.skipped:
+        run.append_failure(skip.id, "image", skip.message)
+    lm = lm or create_lm(cfg)
+    calls_before = model_calls(lm)
+    threads = cfg.run.num_threads
+    common = dict(lm=lm, task=cfg.task, labels=splits.labels, num_threads=threads, seed=cfg.seed, console=console)
+
+    program = create_program(cfg.task, splits.labels)
+    baseline = {
+        "val": evaluate_program(program, splits.val, description="baseline val", **common),
+        "test": evaluate_program(program, splits.test, run=run.child("baseline"), description="baseline test", **common),
+    }
+    trainset = [ex.copy(image=downscale_dspy_image(ex.image, cfg.optimizer.demo_max_image_side)) for ex in splits.train]
+    result = run_mipro(
+        program,
+        trainset,
+        splits.val,
+        task_lm=lm,
+        metric=metric_for(cfg.task.output, fields=list(cfg.task.fields or {}) or None),
+        settings=cfg.optimizer,
+        seed=cfg.seed,
+        num_threads=threads,
+        prompt_lm=prompt_lm,
+    )
+    best = result.program
+    optimized = {
+        "val": evaluate_program(best, splits.val, description="optimized val", **common),
+        "test": evaluate_program(best, splits.test, run=run, description="optimized test", **common),
+    }
+    sizes = splits.sizes()
+    for outcome in (*baseline.values(), *optimized.values()):
+        outcome.metrics.update(split_sizes=sizes, n_skipped=len(splits.skipped))
+    run.write_json(METRICS, {**optimized["test"].metrics, "split": "test"})
+    run.write_json("baseline_metrics.json", {**baseline["test"].metrics, "split": "test"})
+    run.write_json("trials.json", {"instruction_candidates": result.instruction_candidates, "trials": result.history})
+    artifact = save_artifact(
+        best,
+        cfg,
+        splits.labels,
+        run.path / "artifact.json",
+        metrics={
+            "val": _metrics_summary(optimized["val"]),
+            "test": _metrics_summary(optimized["test"]),
+            "baseline": {"val": _metrics_summary(baseline["val"]), "test": _metrics_summary(baseline["test"])},
+            "split_sizes": sizes,
+        },
+        provenance=provenance(cfg, splits.fingerprint),
+    )
+    run.write_json("prompt.json", read_verified(artifact)["prompt"])
+    if "confusion" in optimized["test"].metrics:
+        plot_confusion_matrix(optimized["test"].metrics["confusion"], run.path / "confusion.png")
+    write_report(run.path)
+    calls_after = model_calls(lm)
+    calls = None if calls_before is None or calls_after is None else calls_after - calls_before
+    return OptimizeOutcome(run, baseline, optimized, result.history, artifact, calls, result.notes)

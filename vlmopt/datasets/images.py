@@ -117,6 +117,14 @@ def dspy_image_to_pil(image: dspy.Image) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(payload)))
 
 
+def downscale_dspy_image(image: dspy.Image, max_side: int) -> dspy.Image:
+    """The same image with its longer side at most ``max_side`` (demo images cost context)."""
+    img = dspy_image_to_pil(image)
+    if max(img.size) <= max_side:
+        return image
+    return to_dspy_image(normalize_image(img.convert("RGB"), max_side))
+
+
 def thumbnail_uri(image: dspy.Image, side: int = 96) -> str:
     """A small JPEG data URI of an image, so run records and reports need no image files."""
     thumb = dspy_image_to_pil(image).convert("RGB")

@@ -136,7 +136,7 @@ def run_mipro(
     )
     return MiproResult(
         program=best,
-        val_score=float(best.score),
+        val_score=float(best.score) / 100.0,
         history=trial_history(best),
         instruction_candidates=optimizer.instruction_candidates,
         notes=optimizer.notes,
@@ -144,7 +144,7 @@ def run_mipro(
 
 
 def trial_history(program: dspy.Module) -> list[dict[str, Any]]:
-    """MIPROv2's trial logs as JSON rows: trial, scope (minibatch/full), score, instruction, demos."""
+    """MIPROv2's trial logs as JSON rows: trial, scope (minibatch/full), score (0-1), instruction, demos."""
     rows = []
     for trial, log in sorted((getattr(program, "trial_logs", None) or {}).items()):
         for scope in ("full_eval", "mb"):
@@ -157,7 +157,7 @@ def trial_history(program: dspy.Module) -> list[dict[str, Any]]:
                 {
                     "trial": trial,
                     "scope": "full" if scope == "full_eval" else "minibatch",
-                    "score": float(score),
+                    "score": float(score) / 100.0,  # DSPy's Evaluate reports percent
                     "instruction": get_signature(predictor).instructions,
                     "instruction_index": log.get("0_predictor_instruction", 0),
                     "demo_set_index": log.get("0_predictor_demos"),

@@ -61,6 +61,12 @@ class RunDir:
             ) from None
         return cls(path)
 
+    def child(self, name: str) -> RunDir:
+        """A sub-run (e.g. ``baseline/``) with the same file layout."""
+        path = self.path / name
+        path.mkdir(exist_ok=True)
+        return RunDir(path)
+
     def write_config(self, cfg: TaskConfig) -> None:
         (self.path / CONFIG).write_text(cfg.model_dump_yaml(), encoding="utf-8")
 

@@ -40,3 +40,9 @@ def create_lm(cfg: TaskConfig) -> dspy.LM:
         seed=cfg.seed,
         structured=cfg.task.structured_generation,
     )
+
+
+def model_calls(lm: dspy.LM) -> int | None:
+    """Requests that reached the model so far (DSPy cache hits never do); None if the backend can't say."""
+    stats = getattr(lm.engine, "stats", None)
+    return None if stats is None else stats.requests

@@ -19,6 +19,7 @@ import io
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import dspy
 from dspy.lm15 import Message, Response, TextPart, Usage
@@ -53,14 +54,14 @@ def _decode(part: ImagePart) -> Image.Image:
 
 
 class ScriptedEngine:
-    """Answers each request with ``answer(ScriptedCall) -> str``; counts calls (thread-safe)."""
+    """Answers each request with ``answer(ScriptedCall) -> str``; counts them in ``stats.requests``."""
 
     supports_response_schema = True
     supported_params = frozenset({"response_format", "max_tokens", "temperature"})
 
     def __init__(self, answer: Callable[[ScriptedCall], str]):
         self.answer = answer
-        self.calls = 0
+        self.stats = SimpleNamespace(requests=0)  # same counter name as the in-process engine
         self._lock = threading.Lock()
 
     def complete(self, request) -> Response:
@@ -73,7 +74,7 @@ class ScriptedEngine:
             images = [_decode(p) for p in message.parts if isinstance(p, ImagePart)]
             call.turns.append((message.role, "\n".join(texts), images))
         with self._lock:
-            self.calls += 1
+            self.stats.requests += 1
         text = self.answer(call)
         return Response(
             id=None, model="scripted", message=Message.assistant([TextPart(text)]), finish_reason="stop",
@@ -87,6 +88,6 @@ class ScriptedEngine:
         pass
 
 
-def scripted_lm(engine: ScriptedEngine, name: str = "scripted") -> dspy.LM:
+def scripted_lm(engine: ScriptedEngine, name: str = "scripted", cache: bool = False) -> dspy.LM:
     """A ``dspy.LM`` over the scripted engine; ``name`` keeps DSPy's cache keys apart between scripts."""
-    return dspy.LM(f"vlmopt-test/{name}", engine=engine, cache=False, temperature=0.0, max_tokens=64)
+    return dspy.LM(f"vlmopt-test/{name}", engine=engine, cache=cache, temperature=0.0, max_tokens=64)

@@ -22,7 +22,7 @@ or ``python -m vlmopt.testing.tiny_vlm --arch idefics3 --out /tmp/tiny-smolvlm``
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -127,8 +127,8 @@ def _corpus() -> list[str]:
     return lines
 
 
-def _train_tokenizer(special_tokens: list[str]) -> Tokenizer:
-    """Byte-level BPE over the corpus; special tokens get the first ids, in the order given."""
+def _train_tokenizer(special_tokens: list[str], extra_corpus: Sequence[str] = ()) -> Tokenizer:
+    """Byte-level BPE over the corpus (plus a task's own text); special tokens get the first ids, in order."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -136,7 +136,7 @@ def _train_tokenizer(special_tokens: list[str]) -> Tokenizer:
         vocab_size=VOCAB_SIZE, special_tokens=special_tokens, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer.train_from_iterator(_corpus() + list(extra_corpus), trainer=trainer)
     return tokenizer
 
 
@@ -238,10 +238,14 @@ _IDEFICS3_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<end_of_ut
     f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7)]
 
 
-def build_idefics3(out_dir: Path, seed: int) -> Path:
-    """SmolVLM / Idefics3 layout: SigLIP tower, pixel-shuffle connector, Llama LM."""
+def build_idefics3(out_dir: Path, seed: int, *, extra_corpus: Sequence[str] = ()) -> Path:
+    """SmolVLM / Idefics3 layout: SigLIP tower, pixel-shuffle connector, Llama LM.
+
+    ``extra_corpus`` adds a task's prompts to the tokenizer's training text, so a model trained on
+    that task (``micro_vlm``) reads them in few tokens.
+    """
     tokenizer = _wrap_tokenizer(
-        _train_tokenizer(_IDEFICS3_SPECIALS), _IDEFICS3_TEMPLATE, pad_token="<|im_end|>",
+        _train_tokenizer(_IDEFICS3_SPECIALS, extra_corpus), _IDEFICS3_TEMPLATE, pad_token="<|im_end|>",
         bos_token="<|im_start|>", eos_token="<end_of_utterance>", unk_token="<|endoftext|>",
         extra_special_tokens=_IDEFICS3_SPECIALS[4:],
     )

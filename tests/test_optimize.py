@@ -1,0 +1,161 @@
+"""The optimizer really optimizes, the held-out protocol holds, artifacts freeze and verify.
+
+Random-weight VLMs cannot show a prompt changing accuracy, so the task model here is the
+scripted test double at the model edge (``vlmopt.testing.scripted_engine``): it answers right
+under one instruction and badly under the others. Everything else — dataset loading, DSPy's
+MIPROv2 and Optuna study, Evaluate, the cache, the run directory, the artifact — is real.
+"""
+
+import json
+from pathlib import Path
+
+import dspy
+import pytest
+from PIL import Image
+
+from vlmopt.artifacts import ArtifactError, load_artifact
+from vlmopt.config import parse_config
+from vlmopt.evaluate import evaluate_program
+from vlmopt.pipeline import optimize_task
+from vlmopt.testing.scripted_engine import ScriptedEngine, scripted_lm
+
+COLOURS = {"cat": (220, 30, 30), "dog": (30, 30, 220), "bird": (30, 200, 30)}
+GOOD = "Look at the colour: red is cat, blue is dog, green is bird."
+VAGUE = "Answer with any label."
+
+
+def colour_of(image: Image.Image) -> str:
+    r, g, b = image.getpixel((image.width // 2, image.height // 2))
+    return max(COLOURS, key=lambda k: -sum(abs(x - y) for x, y in zip(COLOURS[k], (r, g, b))))
+
+
+def scripted_vlm(call) -> str:
+    """Right under GOOD; with demos only red and blue are learnt; otherwise always 'cat'."""
+    truth = colour_of(call.query_image)
+    if GOOD in call.system:
+        label = truth
+    elif call.n_demos and truth != "bird":
+        label = truth
+    else:
+        label = "cat"
+    return json.dumps({"label": label})
+
+
+@pytest.fixture(scope="module")
+def colour_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("colours")
+    for label, rgb in COLOURS.items():
+        (root / label).mkdir()
+        for i in range(10):
+            shade = tuple(min(255, c + 2 * i) for c in rgb)
+            Image.new("RGB", (32, 32), shade).save(root / label / f"{label}_{i:02d}.png")
+    return root
+
+
+def make_config(folder: Path, tmp_path: Path, **optimizer):
+    return parse_config(
+        {
+            "name": "colours",
+            "seed": 3,
+            "model": {"id": "scripted"},
+            "dataset": {"source": str(folder), "kind": "imagefolder", "max_image_side": 32},
+            "task": {"labels": ["cat", "dog", "bird"], "system_prompt": "Classify the animal.",
+                     "user_prompt": "Which animal is this?"},
+            "optimizer": {"auto": None, "num_candidates": 3, "num_trials": 6, "max_bootstrapped_demos": 1,
+                          "max_labeled_demos": 2, "minibatch": False, "prompt_model": "none",
+                          "instructions": [VAGUE, GOOD], **optimizer},
+            "run": {"output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"), "num_threads": 2},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def optimized(colour_folder, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("opt")
+    cfg = make_config(colour_folder, tmp)
+    engine = ScriptedEngine(scripted_vlm)
+    outcome = optimize_task(cfg, lm=scripted_lm(engine, name="colours-opt", cache=True))
+    return cfg, outcome, engine
+
+
+def test_optimized_beats_baseline_and_best_candidate_is_chosen(optimized):
+    cfg, outcome, _ = optimized
+    base_val = outcome.baseline["val"].metrics["accuracy"]
+    opt_val = outcome.optimized["val"].metrics["accuracy"]
+    assert base_val == pytest.approx(1 / 3)
+    assert opt_val == 1.0 > base_val
+    assert outcome.optimized["test"].metrics["accuracy"] > outcome.baseline["test"].metrics["accuracy"]
+    full = [row for row in outcome.history if row["scope"] == "full"]
+    assert max(row["score"] for row in full) == pytest.approx(opt_val)
+    best_row = max(full, key=lambda row: row["score"])
+    assert best_row["instruction"] == GOOD
+
+
+def test_run_directory_holds_the_protocol(optimized):
+    cfg, outcome, _ = optimized
+    run = outcome.run.path
+    for name in ("config.yaml", "predictions.jsonl", "metrics.json", "baseline_metrics.json", "trials.json",
+                 "prompt.json", "artifact.json", "report.html", "baseline/predictions.jsonl"):
+        assert (run / name).is_file(), name
+    test_ids = {r.id for r in outcome.optimized["test"].records}
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert {row["id"] for row in rows} == test_ids and len(rows) == len(test_ids) == 12
+    trials = json.loads((run / "trials.json").read_text())
+    assert GOOD in trials["instruction_candidates"] and "Classify the animal." in trials["instruction_candidates"]
+    prompt = json.loads((run / "prompt.json").read_text())
+    assert prompt["messages"][0] == {"role": "system", "content": GOOD}
+    assert "{image}" in json.dumps(prompt["messages"][-1])
+    assert prompt["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"] == ["cat", "dog", "bird"]
+
+
+def test_artifact_reloads_and_reproduces_val_accuracy(optimized):
+    cfg, outcome, engine = optimized
+    frozen = load_artifact(outcome.artifact, expected_labels=["cat", "dog", "bird"])
+    assert frozen.program.signature.instructions == GOOD
+    recorded = frozen.data["metrics"]["val"]["accuracy"]
+    val = outcome.optimized["val"]
+    examples = [dspy.Example(image=_img(r.thumbnail), label=r.gold, id=r.id).with_inputs("image") for r in val.records]
+    replay = evaluate_program(frozen.program, examples, lm=scripted_lm(engine, name="colours-replay"),
+                              task=frozen.task, labels=frozen.labels, num_threads=2)
+    assert replay.metrics["accuracy"] == recorded
+    for demo in frozen.program.predict.demos:
+        assert isinstance(demo.image, dspy.Image) and demo.image.url.startswith("data:image/")
+
+
+def _img(uri: str) -> dspy.Image:
+    return dspy.Image(uri)
+
+
+def test_tampered_truncated_wrong_version_and_other_labels_are_rejected(optimized, tmp_path):
+    _, outcome, _ = optimized
+    original = outcome.artifact.read_text()
+    data = json.loads(original)
+
+    tampered = tmp_path / "tampered.json"
+    data_t = json.loads(original)
+    data_t["prompt"]["messages"][0]["content"] = "Always answer dog."
+    tampered.write_text(json.dumps(data_t))
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        load_artifact(tampered)
+
+    truncated = tmp_path / "truncated.json"
+    truncated.write_text(original[: len(original) // 2])
+    with pytest.raises(ArtifactError, match="truncated or corrupt"):
+        load_artifact(truncated)
+
+    future = tmp_path / "future.json"
+    future.write_text(json.dumps({**data, "format_version": 99}))
+    with pytest.raises(ArtifactError, match="format version 99 is not supported"):
+        load_artifact(future)
+
+    with pytest.raises(ArtifactError, match="config's labels are"):
+        load_artifact(outcome.artifact, expected_labels=["cat", "dog"])
+
+
+def test_rerun_of_a_finished_optimize_makes_zero_model_calls(colour_folder, tmp_path):
+    cfg = make_config(colour_folder, tmp_path)
+    first = optimize_task(cfg, lm=scripted_lm(ScriptedEngine(scripted_vlm), name="colours-rerun", cache=True))
+    assert first.model_calls > 0
+    again = optimize_task(cfg, lm=scripted_lm(ScriptedEngine(scripted_vlm), name="colours-rerun", cache=True))
+    assert again.model_calls == 0
+    assert again.optimized["test"].metrics["accuracy"] == first.optimized["test"].metrics["accuracy"]

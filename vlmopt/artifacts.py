@@ -1,0 +1,203 @@
+"""The frozen program: one JSON file that apps replay, with or without DSPy.
+
+An artifact holds everything needed to reproduce the optimized classifier and to audit it:
+
+* ``format`` / ``format_version`` — what this file is;
+* ``task`` — output kind, labels or fields, and the JSON schema of the answer;
+* ``model`` — model id and revision; ``generation`` — decoding and prompt-framing settings;
+* ``program`` — the DSPy program state (instruction, demos with their images as data URIs);
+* ``prompt`` — the *rendered portable prompt*: the exact chat messages the adapter sends, demo
+  images inline, the query image as the ``{image}`` slot, and the ``response_format``;
+* ``metrics`` — val and test metrics with split sizes; ``provenance`` — versions, config and
+  split fingerprints, optimizer settings, seed;
+* ``sha256`` — over the canonical JSON of all of the above.
+
+Loading verifies the hash, the format version and (when given) the label set, and fails with a
+clear :class:`ArtifactError` instead of half-loading. No pickle anywhere: it is plain JSON.
+
+Example::
+
+    path = save_artifact(program, cfg, labels, "runs/x/artifact.json", metrics=..., provenance=...)
+    frozen = load_artifact(path, expected_labels=["cat", "dog"])
+    frozen.program(image=dspy.Image("cat.jpg"))
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dspy
+from dspy.adapters.json_adapter import _get_structured_outputs_response_format
+
+from vlmopt.config import TaskConfig, TaskSpec
+from vlmopt.programs import Classify, create_program
+from vlmopt.programs.signatures import make_signature
+
+FORMAT = "vlmopt.artifact"
+FORMAT_VERSION = 1
+IMAGE_SLOT = "{image}"
+_SLOT_URL = "data:image/png;base64,aW1hZ2Utc2xvdA=="  # a marker, replaced by IMAGE_SLOT
+_TYPE_START, _TYPE_END = "<<CUSTOM-TYPE-START-IDENTIFIER>>", "<<CUSTOM-TYPE-END-IDENTIFIER>>"
+
+
+class ArtifactError(ValueError):
+    """The artifact cannot be trusted or used: tampered, truncated, wrong version, other labels."""
+
+
+@dataclass
+class FrozenProgram:
+    """A loaded, verified artifact: the runnable program and its metadata."""
+
+    program: Classify
+    task: TaskSpec
+    data: dict[str, Any]
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.data["task"].get("labels")
+
+    @property
+    def model_id(self) -> str:
+        return self.data["model"]["id"]
+
+
+def canonical_sha256(content: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON (sorted keys, compact) of everything but the hash itself."""
+    body = {k: v for k, v in content.items() if k != "sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def response_format(signature: type[dspy.Signature]) -> dict[str, Any]:
+    """The OpenAI ``json_schema`` response_format DSPy's JSON adapters send for this signature."""
+    model = _get_structured_outputs_response_format(signature, use_native_function_calling=False)
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": model.__name__, "schema": model.model_json_schema(), "strict": True},
+    }
+
+
+def render_prompt(program: Classify, structured: bool) -> dict[str, Any]:
+    """The chat messages the program's adapter sends, with the query image as ``{image}``."""
+    signature = program.signature
+    messages = program.adapter.format(signature, program.predict.demos, {"image": dspy.Image(_SLOT_URL)})
+    text = json.dumps(messages, ensure_ascii=False).replace(_SLOT_URL, IMAGE_SLOT)
+    prompt: dict[str, Any] = {"messages": json.loads(text), "image_slot": IMAGE_SLOT}
+    prompt["response_format"] = response_format(signature) if structured else None
+    return prompt
+
+
+def task_section(task: TaskSpec, labels: list[str] | None) -> dict[str, Any]:
+    signature = make_signature(task, labels)
+    return {
+        "output": task.output,
+        "labels": labels if task.output != "multi_field" else None,
+        "fields": task.fields,
+        "schema": response_format(signature)["json_schema"]["schema"],
+    }
+
+
+def build_artifact(
+    program: Classify,
+    cfg: TaskConfig,
+    labels: list[str] | None,
+    *,
+    metrics: dict[str, Any],
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """The artifact's content (hash included) for an optimized program."""
+    content = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "task": task_section(cfg.task, labels),
+        "model": {"id": cfg.model.id, "revision": cfg.model.revision},
+        "generation": {
+            "max_new_tokens": cfg.model.max_new_tokens,
+            "temperature": cfg.model.temperature,
+            "structured_generation": cfg.task.structured_generation,
+            "adapter": cfg.task.adapter,
+            "reasoning": cfg.task.reasoning,
+            "normalize_labels": cfg.task.normalize_labels,
+        },
+        "program": program.dump_state(),
+        "prompt": render_prompt(program, cfg.task.structured_generation),
+        "metrics": metrics,
+        "provenance": provenance,
+    }
+    content["sha256"] = canonical_sha256(content)
+    return content
+
+
+def save_artifact(program: Classify, cfg: TaskConfig, labels: list[str] | None, path: str | Path, **meta) -> Path:
+    """Write the artifact JSON for ``program`` to ``path``."""
+    path = Path(path)
+    content = build_artifact(program, cfg, labels, **meta)
+    path.write_text(json.dumps(content, indent=1, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def read_verified(path: str | Path) -> dict[str, Any]:
+    """Parse and verify an artifact file; any doubt is an :class:`ArtifactError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"artifact not found: {path}")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not a complete JSON artifact (truncated or corrupt): {exc}") from None
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not a vlmopt artifact (format {content.get('format')!r})")
+    version = content.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: artifact format version {version!r} is not supported by this vlmopt "
+            f"(supports {FORMAT_VERSION}); re-export it with a matching vlmopt version"
+        )
+    expected = content.get("sha256")
+    if expected != canonical_sha256(content):
+        raise ArtifactError(f"{path}: sha256 mismatch — the artifact was modified after it was written")
+    return content
+
+
+def _restore_images(state: dict[str, Any]) -> dict[str, Any]:
+    """DSPy 3.4 saves demo images as marker strings and loads them back as ``str``: rebuild ``dspy.Image``."""
+    state = copy.deepcopy(state)
+    for predictor_state in state.values():
+        for demo in predictor_state.get("demos", []):
+            value = demo.get("image")
+            if isinstance(value, str) and value.startswith(_TYPE_START):
+                parts = json.loads(value[len(_TYPE_START) : -len(_TYPE_END)])
+                demo["image"] = parts[0]["image_url"]["url"]
+    return state
+
+
+def load_artifact(path: str | Path, *, expected_labels: list[str] | None = None) -> FrozenProgram:
+    """Verify and load an artifact into a runnable program; never returns a half-loaded one."""
+    content = read_verified(path)
+    task_data, gen = content["task"], content["generation"]
+    labels = task_data.get("labels")
+    if expected_labels is not None and labels is not None and list(expected_labels) != list(labels):
+        raise ArtifactError(
+            f"{path}: the artifact classifies into {labels}, but the config's labels are {list(expected_labels)}"
+        )
+    task = TaskSpec(
+        output=task_data["output"],
+        labels=labels,
+        fields=task_data.get("fields"),
+        reasoning=gen["reasoning"],
+        structured_generation=gen["structured_generation"],
+        adapter=gen["adapter"],
+        normalize_labels=gen["normalize_labels"],
+    )
+    program = create_program(task, labels)
+    state = _restore_images(content["program"])
+    program.load_state(state)
+    for demo_list in (p.demos for p in program.predictors()):
+        for i, demo in enumerate(demo_list):
+            demo_list[i] = dspy.Example(**{**demo, "image": dspy.Image(demo["image"])}).with_inputs("image")
+    return FrozenProgram(program=program, task=task, data=content)
