@@ -28,6 +28,25 @@ app.add_typer(config_app, name="config")
 console = Console()
 err_console = Console(stderr=True)
 
+
+@app.callback()
+def _quiet_libraries(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the libraries' own logs and progress bars.")] = False,
+) -> None:
+    """vlmopt draws its own progress bars; the libraries' logs and bars would interleave with them."""
+    if verbose:
+        return
+    import logging
+
+    import datasets
+    import transformers
+
+    for name in ("dspy", "datasets", "httpx", "LiteLLM"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    datasets.disable_progress_bars()
+    transformers.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+
 ConfigArg = Annotated[Path, typer.Argument(help="Task config YAML (native or flat shape).", show_default=False)]
 
 
@@ -77,15 +96,18 @@ def evaluate(
     num_threads: Annotated[Optional[int], typer.Option(help="Concurrent calls (default: run.num_threads).")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Override backend.kind: transformers or openai.")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server URL (implies --backend openai).")] = None,
+    artifact: Annotated[Optional[Path], typer.Option(help="A frozen program (artifact.json) to score instead of the config's prompt.")] = None,
 ) -> None:
-    """Score the config's prompt on a split; write runs/<name>-<timestamp>/ with predictions and metrics."""
+    """Score the config's prompt (or a frozen artifact) on a split; write runs/<name>-<timestamp>/."""
     from vlmopt.metrics import summary_table
     from vlmopt.pipeline import evaluate_task
 
     if split not in ("val", "test", "all", "train"):
         raise ConfigError(f"--split must be val, test or all (got {split!r})")
     cfg = _with_backend(_load(config), backend, base_url)
-    run, outcome = evaluate_task(cfg, split=split, limit=limit, num_threads=num_threads, console=console)
+    run, outcome = evaluate_task(
+        cfg, split=split, limit=limit, num_threads=num_threads, artifact=artifact, console=console
+    )
     console.print(summary_table(outcome.metrics))
     console.print(f"run directory: [bold]{run.path}[/]")
 
@@ -101,6 +123,103 @@ def _with_backend(cfg: TaskConfig, backend: str | None, base_url: str | None) ->
     if base_url:
         raw["backend"]["base_url"] = base_url
     return parse_config(raw, "command line")
+
+
+@app.command()
+@user_errors
+def optimize(
+    config: ConfigArg,
+    num_threads: Annotated[Optional[int], typer.Option(help="Concurrent calls (default: run.num_threads).")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server URL (implies --backend openai).")] = None,
+) -> None:
+    """Search instructions and few-shot image demos (MIPROv2) on val; freeze the winner; report it on test."""
+    from vlmopt.pipeline import optimize_task
+    from vlmopt.reports.comparison_table import comparison_table
+
+    cfg = _with_backend(_load(config), None, base_url)
+    if num_threads:
+        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"num_threads": num_threads})})
+    outcome = optimize_task(cfg, console=console)
+    console.print(comparison_table(outcome))
+    for note in outcome.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    calls = "not counted by this backend" if outcome.model_calls is None else outcome.model_calls
+    console.print(f"model calls this run: {calls} (a rerun replays finished calls from the cache)")
+    console.print(f"artifact: [bold]{outcome.artifact}[/]\nrun directory: [bold]{outcome.run.path}[/]")
+
+
+@app.command()
+@user_errors
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).", show_default=False)],
+    artifact: Annotated[Path, typer.Option(help="The frozen program (artifact.json).", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Rows out: .jsonl or .csv.")] = Path("predictions.jsonl"),
+    config: Annotated[Optional[Path], typer.Option(help="Task config for the backend (default: the artifact's model, in-process).")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server URL instead of in-process.")] = None,
+    num_threads: Annotated[int, typer.Option(help="Concurrent calls.")] = 4,
+) -> None:
+    """Classify image files with a frozen program; write id, label, confidence rows (JSONL or CSV)."""
+    from vlmopt.artifacts import load_artifact
+    from vlmopt.config import DatasetConfig, ModelConfig
+    from vlmopt.predict import image_files, predict_files, write_rows
+    from vlmopt.serving.factory import create_lm
+
+    frozen = load_artifact(artifact)
+    if config is not None:
+        cfg = _load(config)
+    else:
+        model = ModelConfig(id=frozen.model_id, revision=frozen.data["model"]["revision"],
+                            max_new_tokens=frozen.data["generation"]["max_new_tokens"])
+        cfg = TaskConfig(model=model, dataset=DatasetConfig(source="-"), task=frozen.task)
+    cfg = _with_backend(cfg, None, base_url)
+    files = image_files(paths)
+    rows, skipped = predict_files(frozen, files, lm=create_lm(cfg), max_side=cfg.dataset.max_image_side,
+                                  num_threads=num_threads)
+    write_rows(rows, output)
+    for skip in skipped:
+        err_console.print(f"[yellow]skipped[/] {skip['id']}: {skip['message']}")
+    console.print(f"{len(rows)} predictions -> [bold]{output}[/] ({len(skipped)} unreadable images skipped)")
+
+
+@app.command()
+@user_errors
+def export(
+    artifact: Annotated[Path, typer.Option(help="The frozen program (artifact.json).", show_default=False)],
+    format: Annotated[str, typer.Option("--format", help="openai-request (chat-completions body) or prompt-json.")] = "openai-request",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+    model_name: Annotated[Optional[str], typer.Option(help="Model name the server serves (default: the artifact's).")] = None,
+) -> None:
+    """Write what an app needs to replay the classifier without DSPy (the query image is the {image} slot)."""
+    import json
+
+    from vlmopt.artifacts import load_artifact
+    from vlmopt.export import FORMATS, export as export_artifact
+
+    if format not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {format!r})")
+    text = json.dumps(export_artifact(load_artifact(artifact), format, model_name), indent=2, ensure_ascii=False)
+    if output is None:
+        print(text)
+    else:
+        output.write_text(text + "\n", encoding="utf-8")
+        console.print(f"wrote [bold]{output}[/]")
+
+
+@app.command()
+@user_errors
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="One run directory, or two to compare.", show_default=False)],
+) -> None:
+    """Rebuild a run's report.html; with two runs, write a comparison (which images flipped)."""
+    from vlmopt.reports.html import compare_runs, write_report
+
+    if len(runs) == 1:
+        path = write_report(runs[0])
+    elif len(runs) == 2:
+        path = compare_runs(runs[0], runs[1])
+    else:
+        raise ConfigError("report takes one run directory, or two to compare")
+    console.print(f"wrote [bold]{path}[/]")
 
 
 @app.command()

@@ -13,8 +13,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
-from vlmopt.config import DatasetConfig, ModelConfig, RunConfig, TaskConfig, TaskSpec
-from vlmopt.pipeline import evaluate_task
+from vlmopt.config import DatasetConfig, ModelConfig, OptimizerConfig, RunConfig, TaskConfig, TaskSpec
+from vlmopt.pipeline import optimize_task
+from vlmopt.reports.comparison_table import comparison_table
 from vlmopt.testing.images import make_image_dataset
 from vlmopt.testing.tiny_vlm import build_tiny_vlm
 
@@ -38,6 +39,11 @@ def offline_demo_config(workdir: Path) -> TaskConfig:
             system_prompt="You look at simple drawings of shapes.",
             user_prompt="What shape is shown?",
         ),
+        optimizer=OptimizerConfig(
+            auto=None, num_candidates=3, num_trials=4, max_bootstrapped_demos=1, max_labeled_demos=2,
+            minibatch=False, prompt_model="none",
+            instructions=["Name the shape in the picture.", "Is it a circle, a square or a triangle?"],
+        ),
         run=RunConfig(output_dir=str(workdir / "runs"), cache_dir=str(workdir / "cache"), num_threads=4),
     )
 
@@ -47,9 +53,9 @@ def run_offline_demo(workdir: str | Path, console: Console | None = None) -> Pat
     console = console or Console()
     console.print(Panel(NOTICE, title="vlmopt demo --offline", border_style="yellow"))
     cfg = offline_demo_config(Path(workdir))
-    run, outcome = evaluate_task(cfg, split="test", console=console)
-    from vlmopt.metrics import summary_table
-
-    console.print(summary_table(outcome.metrics, title="pipeline check (random weights: not an accuracy claim)"))
-    console.print(f"run directory: [bold]{run.path}[/]")
-    return run.path
+    outcome = optimize_task(cfg, console=console)
+    table = comparison_table(outcome)
+    table.title = "pipeline check (random weights: not an accuracy claim)"
+    console.print(table)
+    console.print(f"artifact: [bold]{outcome.artifact}[/]\nrun directory: [bold]{outcome.run.path}[/]")
+    return outcome.run.path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dspy
 
+from vlmopt.artifacts import ArtifactError
 from vlmopt.config import ConfigError
 from vlmopt.datasets.errors import DatasetError
 from vlmopt.evaluate import EvaluationInterrupted
@@ -18,6 +19,7 @@ from vlmopt.serving.vllm_server import VLLMServerError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
+    ArtifactError,
     DatasetError,
     HubUnreachableError,
     RunDirError,

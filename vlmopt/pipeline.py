@@ -18,7 +18,7 @@ from typing import Any, Literal
 import dspy
 from rich.console import Console
 
-from vlmopt.artifacts import read_verified, save_artifact
+from vlmopt.artifacts import load_artifact, read_verified, save_artifact
 from vlmopt.config import TaskConfig
 from vlmopt.datasets import load_splits
 from vlmopt.datasets.images import downscale_dspy_image
@@ -47,9 +47,10 @@ def evaluate_task(
     limit: int | None = None,
     num_threads: int | None = None,
     lm: dspy.LM | None = None,
+    artifact: str | Path | None = None,
     console: Console | None = None,
 ) -> tuple[RunDir, EvalOutcome]:
-    """Evaluate the config's own (hand-written) prompt on a split; write a run directory."""
+    """Evaluate the config's own prompt — or a frozen ``artifact`` — on a split; write a run directory."""
     run = RunDir.create(cfg.run.output_dir, cfg.name or "run")
     run.write_config(cfg)
     configure_cache(cfg)
@@ -58,12 +59,16 @@ def evaluate_task(
         run.append_failure(skip.id, "image", skip.message)
     examples = splits.all if split == "all" else getattr(splits, split)
     examples = examples[:limit] if limit else examples
-    program = create_program(cfg.task, splits.labels)
+    if artifact is not None:
+        frozen = load_artifact(artifact, expected_labels=splits.labels if cfg.task.output != "multi_field" else None)
+        program, task = frozen.program, frozen.task
+    else:
+        program, task = create_program(cfg.task, splits.labels), cfg.task
     outcome = evaluate_program(
         program,
         examples,
         lm=lm or create_lm(cfg),
-        task=cfg.task,
+        task=task,
         labels=splits.labels,
         run=run,
         num_threads=num_threads or cfg.run.num_threads,

@@ -1,0 +1,43 @@
+"""The optimize command's closing table: baseline vs optimized on the untouched test split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+
+def _acc(m: dict[str, Any]) -> str:
+    ci = m.get("accuracy_ci") or {}
+    interval = f" [{ci['low']:.3f}, {ci['high']:.3f}]" if "low" in ci else ""
+    return f"{m['accuracy']:.3f}{interval}"
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+ROWS = (
+    ("accuracy (95% CI)", _acc),
+    ("macro-F1", lambda m: _num(m.get("macro_f1"), ".3f")),
+    ("invalid rate", lambda m: _num(m.get("invalid_rate"), ".1%")),
+    ("latency p50 / image", lambda m: _num((m.get("latency") or {}).get("p50_s"), ".3f") + " s"),
+    ("prompt tokens / image", lambda m: _num((m.get("tokens") or {}).get("prompt_mean"), ".0f")),
+    ("completion tokens / image", lambda m: _num((m.get("tokens") or {}).get("completion_mean"), ".1f")),
+)
+
+
+def comparison_table(outcome) -> Table:
+    """Baseline (the config's prompt) vs optimized program, both on test, with split sizes."""
+    base, opt = outcome.baseline["test"].metrics, outcome.optimized["test"].metrics
+    sizes = opt.get("split_sizes") or {}
+    caption = ", ".join(f"{k} {v}" for k, v in sizes.items())
+    table = Table(title="test split: baseline vs optimized", caption=f"split sizes: {caption}" if caption else None)
+    table.add_column("metric")
+    table.add_column(f"baseline (n={base['n']})", justify="right")
+    table.add_column(f"optimized (n={opt['n']})", justify="right")
+    for name, render in ROWS:
+        table.add_row(name, render(base), render(opt))
+    val_b, val_o = outcome.baseline["val"].metrics, outcome.optimized["val"].metrics
+    table.add_row("val accuracy (selected on)", f"{val_b['accuracy']:.3f}", f"{val_o['accuracy']:.3f}")
+    return table
