@@ -53,11 +53,15 @@ ConfigArg = Annotated[Path, typer.Argument(help="Task config YAML (native or fla
 def user_errors(fn):
     """Turn the errors a user can act on into a one-line message and exit code 2."""
     from vlmopt.errors import USER_ERRORS
+    from vlmopt.evaluate import EvaluationInterrupted
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except EvaluationInterrupted as exc:
+            err_console.print(f"[bold yellow]stopped:[/] {exc}", highlight=False)
+            raise typer.Exit(130 if exc.by_user else 2) from None
         except USER_ERRORS as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
             raise typer.Exit(2) from None
@@ -109,6 +113,8 @@ def evaluate(
         cfg, split=split, limit=limit, num_threads=num_threads, artifact=artifact, console=console
     )
     console.print(summary_table(outcome.metrics))
+    calls = "not counted by this backend" if outcome.model_calls is None else outcome.model_calls
+    console.print(f"model calls: {calls} (finished calls replay from the cache)")
     console.print(f"run directory: [bold]{run.path}[/]")
 
 
@@ -271,4 +277,8 @@ def demo(
 
 
 def main() -> None:  # pragma: no cover - console-script entry
+    app()
+
+
+if __name__ == "__main__":
     app()

@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 class EvaluationInterrupted(RuntimeError):
     """The run stopped early (Ctrl-C or too many failed items); finished rows are on disk."""
 
+    def __init__(self, message: str, *, by_user: bool):
+        super().__init__(message)
+        self.by_user = by_user
+
 
 @dataclass
 class EvalOutcome:
@@ -44,6 +48,7 @@ class EvalOutcome:
     failed_ids: list[str]
     metrics: dict[str, Any]
     errors: dict[str, str] = field(default_factory=dict)
+    model_calls: int | None = None  # requests that reached the model (cache hits don't), where counted
 
 
 def gold_of(example: dspy.Example, task: TaskSpec) -> Any:
@@ -165,12 +170,13 @@ def evaluate_program(
                 progress.update(bar, advance=1, rate=done / (time.perf_counter() - started), acc=f"{acc:.3f}")
             return float(correct)
 
+        max_errors = max_errors if max_errors is not None else max(5, len(examples) // 10)
         evaluator = dspy.Evaluate(
             devset=[ex.with_inputs("image", "id") for ex in examples],
             metric=metric,
             num_threads=num_threads,
             display_progress=False,
-            max_errors=max_errors if max_errors is not None else max(5, len(examples) // 10),
+            max_errors=max_errors,
             provide_traceback=False,
         )
         try:
@@ -180,10 +186,13 @@ def evaluate_program(
             if "cancelled" not in str(exc):
                 raise
             _record_failures(run, errors)
+            by_user = len(errors) < max_errors
+            cause = "interrupted" if by_user else "too many failed items"
             raise EvaluationInterrupted(
-                f"{description} stopped after {len(records)} of {len(examples)} items "
+                f"{description} stopped ({cause}) after {len(records)} of {len(examples)} items "
                 f"({len(errors)} failed{'; last error: ' + list(errors.values())[-1] if errors else ''}). "
-                "Finished predictions are kept; rerun the same command to finish (cached calls replay)."
+                "Finished predictions are kept; rerun the same command to finish (cached calls replay).",
+                by_user=by_user,
             ) from None
 
     _record_failures(run, errors)

@@ -59,6 +59,8 @@ def evaluate_task(
         run.append_failure(skip.id, "image", skip.message)
     examples = splits.all if split == "all" else getattr(splits, split)
     examples = examples[:limit] if limit else examples
+    lm = lm or create_lm(cfg)
+    calls_before = model_calls(lm)
     if artifact is not None:
         frozen = load_artifact(artifact, expected_labels=splits.labels if cfg.task.output != "multi_field" else None)
         program, task = frozen.program, frozen.task
@@ -67,7 +69,7 @@ def evaluate_task(
     outcome = evaluate_program(
         program,
         examples,
-        lm=lm or create_lm(cfg),
+        lm=lm,
         task=task,
         labels=splits.labels,
         run=run,
@@ -77,6 +79,7 @@ def evaluate_task(
         description=f"evaluate {split}",
     )
     outcome.metrics.update(split=split, n_skipped=len(splits.skipped), split_sizes=splits.sizes())
+    outcome.model_calls = _calls_since(lm, calls_before)
     run.write_json(METRICS, outcome.metrics)
     if "confusion" in outcome.metrics:
         plot_confusion_matrix(outcome.metrics["confusion"], run.path / "confusion.png")
@@ -187,6 +190,10 @@ def optimize_task(
     if "confusion" in optimized["test"].metrics:
         plot_confusion_matrix(optimized["test"].metrics["confusion"], run.path / "confusion.png")
     write_report(run.path)
-    calls_after = model_calls(lm)
-    calls = None if calls_before is None or calls_after is None else calls_after - calls_before
+    calls = _calls_since(lm, calls_before)
     return OptimizeOutcome(run, baseline, optimized, result.history, artifact, calls, result.notes)
+
+
+def _calls_since(lm: dspy.LM, before: int | None) -> int | None:
+    after = model_calls(lm)
+    return None if before is None or after is None else after - before

@@ -15,9 +15,11 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -71,6 +73,9 @@ class MicroBatcher:
         self._closed = threading.Event()
         self._worker = threading.Thread(target=self._run, name=name, daemon=True)
         self._worker.start()
+        # At interpreter exit (say after Ctrl-C) the worker may be inside a torch call; letting
+        # finalization tear native threads down under it aborts the process. Stop it first.
+        atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     def submit(self, item: Any) -> Any:
         """Block until ``item`` has been processed; return its result or raise its exception."""
@@ -86,6 +91,19 @@ class MicroBatcher:
             self._closed.set()
             self._queue.put(None)
             self._worker.join()
+
+    def shutdown(self) -> None:
+        """Fail the items still queued, let the running batch finish, stop the worker."""
+        self._closed.set()
+        while True:
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if entry is not None:
+                entry[1].set_exception(RuntimeError("the engine shut down before this item ran"))
+        self._queue.put(None)
+        self._worker.join()
 
     def _collect(self, first: tuple[Any, Future]) -> tuple[list[tuple[Any, Future]], bool]:
         batch = [first]
@@ -132,3 +150,9 @@ class MicroBatcher:
             return result
         except Exception as exc:  # noqa: BLE001 - handed to this item's caller
             return exc
+
+
+def _shutdown_at_exit(ref: weakref.ReferenceType[MicroBatcher]) -> None:
+    batcher = ref()
+    if batcher is not None and batcher._worker.is_alive():
+        batcher.shutdown()
