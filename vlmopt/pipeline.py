@@ -28,7 +28,7 @@ from vlmopt.optimizers.mipro import run_mipro
 from vlmopt.programs import create_program
 from vlmopt.reports.html import write_report
 from vlmopt.reports.run_dir import METRICS, RunDir
-from vlmopt.serving.factory import create_lm, model_calls
+from vlmopt.serving.factory import create_lm, create_prompt_lm, model_calls
 
 SplitName = Literal["train", "val", "test", "all"]
 
@@ -151,6 +151,9 @@ def optimize_task(
         "test": evaluate_program(program, splits.test, run=run.child("baseline"), description="baseline test", **common),
     }
     trainset = [ex.copy(image=downscale_dspy_image(ex.image, cfg.optimizer.demo_max_image_side)) for ex in splits.train]
+    sees_images = True
+    if prompt_lm is None:
+        prompt_lm, sees_images = create_prompt_lm(cfg, lm)
     result = run_mipro(
         program,
         trainset,
@@ -161,6 +164,7 @@ def optimize_task(
         seed=cfg.seed,
         num_threads=threads,
         prompt_lm=prompt_lm,
+        prompt_model_sees_images=sees_images,
     )
     best = result.program
     optimized = {

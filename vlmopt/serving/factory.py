@@ -42,6 +42,34 @@ def create_lm(cfg: TaskConfig) -> dspy.LM:
     )
 
 
+def create_prompt_lm(cfg: TaskConfig, task_lm: dspy.LM) -> tuple[dspy.LM | None, bool]:
+    """(prompt LM, whether it sees images) for MIPROv2's instruction proposer.
+
+    ``optimizer.prompt_model``: unset -> the task VLM itself (it sees the demo images);
+    ``none`` -> no proposer (only the config's prompt and ``optimizer.instructions`` are searched);
+    a local directory -> that VLM in-process; anything else -> a LiteLLM model id (images are
+    shown to it only if LiteLLM says it supports vision).
+    """
+    from pathlib import Path
+
+    name = cfg.optimizer.prompt_model
+    if name is None:
+        return task_lm, True
+    if name == "none":
+        return None, False
+    if Path(name).is_dir():
+        from vlmopt.serving.transformers_engine import create_lm as create_transformers_lm
+
+        return create_transformers_lm(name, device=cfg.model.device, max_new_tokens=512, seed=cfg.seed), True
+    import litellm
+
+    try:
+        sees_images = bool(litellm.supports_vision(model=name))
+    except Exception:  # noqa: BLE001 - unknown to LiteLLM's model map: assume text-only
+        sees_images = False
+    return dspy.LM(name, temperature=1.0, max_tokens=1024), sees_images
+
+
 def model_calls(lm: dspy.LM) -> int | None:
     """Requests that reached the model so far (DSPy cache hits never do); None if the backend can't say."""
     stats = getattr(lm.engine, "stats", None)
