@@ -58,7 +58,7 @@ class ImageMIPROv2(MIPROv2):
                     f"the prompt model could not propose instructions ({type(exc).__name__}: {exc}); "
                     "searched the config's prompt and optimizer.instructions only"
                 )
-        proposed = _unique(candidates[0][1:])
+        proposed = [t for t in _unique(candidates[0]) if t != base[0][0].strip()]
         if self.use_proposer and not proposed and not self.notes:
             self.notes.append("the prompt model proposed no usable instruction; searched the config's prompt "
                               "and optimizer.instructions only (set optimizer.prompt_model to a stronger model)")
