@@ -19,11 +19,12 @@ import dspy
 from rich.console import Console
 
 from vlmopt.artifacts import load_artifact, read_verified, save_artifact
-from vlmopt.config import TaskConfig
+from vlmopt.config import OptimizerConfig, TaskConfig
 from vlmopt.datasets import load_splits
 from vlmopt.datasets.images import downscale_dspy_image
 from vlmopt.evaluate import EvalOutcome, evaluate_program
 from vlmopt.metrics import metric_for, plot_confusion_matrix
+from vlmopt.optimizers.context_budget import max_demos_that_fit
 from vlmopt.optimizers.mipro import run_mipro
 from vlmopt.programs import create_program
 from vlmopt.reports.html import write_report
@@ -151,6 +152,7 @@ def optimize_task(
         "test": evaluate_program(program, splits.test, run=run.child("baseline"), description="baseline test", **common),
     }
     trainset = [ex.copy(image=downscale_dspy_image(ex.image, cfg.optimizer.demo_max_image_side)) for ex in splits.train]
+    settings, notes = _fit_demos(cfg, program, trainset, lm)
     sees_images = True
     if prompt_lm is None:
         prompt_lm, sees_images = create_prompt_lm(cfg, lm)
@@ -160,7 +162,7 @@ def optimize_task(
         splits.val,
         task_lm=lm,
         metric=metric_for(cfg.task.output, fields=list(cfg.task.fields or {}) or None),
-        settings=cfg.optimizer,
+        settings=settings,
         seed=cfg.seed,
         num_threads=threads,
         prompt_lm=prompt_lm,
@@ -195,7 +197,21 @@ def optimize_task(
         plot_confusion_matrix(optimized["test"].metrics["confusion"], run.path / "confusion.png")
     write_report(run.path)
     calls = _calls_since(lm, calls_before)
-    return OptimizeOutcome(run, baseline, optimized, result.history, artifact, calls, result.notes)
+    return OptimizeOutcome(run, baseline, optimized, result.history, artifact, calls, notes + result.notes)
+
+
+def _fit_demos(cfg: TaskConfig, program, trainset, lm) -> tuple[OptimizerConfig, list[str]]:
+    """The optimizer settings with demos capped to what fits the model's context (and why)."""
+    settings = cfg.optimizer
+    wanted = max(settings.max_labeled_demos, settings.max_bootstrapped_demos)
+    fits, note = max_demos_that_fit(program, trainset, lm, wanted, cfg.model.max_new_tokens)
+    if fits >= wanted:
+        return settings, []
+    capped = settings.model_copy(
+        update={"max_labeled_demos": min(settings.max_labeled_demos, fits),
+                "max_bootstrapped_demos": min(settings.max_bootstrapped_demos, fits)}
+    )
+    return capped, [note]
 
 
 def _calls_since(lm: dspy.LM, before: int | None) -> int | None:

@@ -183,6 +183,18 @@ class TransformersEngine:
     def load_state(cls, state: dict) -> TransformersEngine:
         return cls(**state)
 
+    @property
+    def context_length(self) -> int | None:
+        """The model's maximum sequence length (prompt + answer), where its config states one."""
+        config = getattr(self.model.config, "text_config", None) or self.model.config
+        return getattr(config, "max_position_embeddings", None)
+
+    def count_prompt_tokens(self, request: Request) -> int:
+        """Tokens the prompt of ``request`` takes (image tokens included), without running the model."""
+        job = self._prepare(request)
+        batch = self.processor(text=[job.prompt], images=[job.images] if job.images else None, return_tensors="pt")
+        return int(batch["input_ids"].shape[-1])
+
     # --- caller thread: everything that can fail for this request alone -----------------------
     def _prepare(self, request: Request) -> _Job:
         config = request.config
