@@ -74,6 +74,7 @@ def optimized(colour_folder, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("opt")
     cfg = make_config(colour_folder, tmp)
     engine = ScriptedEngine(scripted_vlm)
+    cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"compare": ["labeled_fewshot"]})})
     outcome = optimize_task(cfg, lm=scripted_lm(engine, name="colours-opt", cache=True))
     return cfg, outcome, engine
 
@@ -89,6 +90,22 @@ def test_optimized_beats_baseline_and_best_candidate_is_chosen(optimized):
     assert max(row["score"] for row in full) == pytest.approx(opt_val)
     best_row = max(full, key=lambda row: row["score"])
     assert best_row["instruction"] == GOOD
+
+
+def test_comparison_optimizer_is_reported_on_the_same_test_split(optimized):
+    _, outcome, _ = optimized
+    labeled = outcome.comparisons["labeled_fewshot"]
+    assert {r.id for r in labeled.records} == {r.id for r in outcome.optimized["test"].records}
+    # the scripted model learns red and blue from demos, never green: 2 of 3 classes right
+    assert labeled.metrics["accuracy"] == pytest.approx(2 / 3)
+    assert (outcome.run.path / "labeled_fewshot_metrics.json").is_file()
+    from rich.console import Console
+
+    from vlmopt.reports.comparison_table import comparison_table
+
+    console = Console(width=200, record=True)
+    console.print(comparison_table(outcome))
+    assert "labeled_fewshot (n=12)" in console.export_text()
 
 
 def test_run_directory_holds_the_protocol(optimized):

@@ -161,6 +161,9 @@ class OptimizerConfig(_Section):
     prompt_model: str | None = Field(None, description="LiteLLM id or local dir; default: the task model.")
     demo_max_image_side: int = Field(384, ge=16, description="Demo images are downscaled to this side.")
     instructions: list[str] = Field(default_factory=list, description="Candidate instructions to search.")
+    compare: list[Literal["labeled_fewshot", "bootstrap_fewshot"]] = Field(
+        default_factory=list, description="Simpler DSPy optimizers to report beside MIPROv2 on test."
+    )
     search_trials: int = Field(0, ge=0, description="Outer Optuna trials over program choices (0 = off).")
     storage: str | None = Field(None, description="Optuna RDB URL; default SQLite in the run directory.")
 

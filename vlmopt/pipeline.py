@@ -25,7 +25,7 @@ from vlmopt.datasets.images import downscale_dspy_image
 from vlmopt.evaluate import EvalOutcome, evaluate_program
 from vlmopt.metrics import metric_for, plot_confusion_matrix
 from vlmopt.optimizers.context_budget import max_demos_that_fit
-from vlmopt.optimizers.mipro import run_mipro
+from vlmopt.optimizers.mipro import compile_comparison, run_mipro
 from vlmopt.programs import create_program
 from vlmopt.reports.html import write_report
 from vlmopt.reports.run_dir import METRICS, RunDir
@@ -97,6 +97,7 @@ class OptimizeOutcome:
     artifact: Path
     model_calls: int | None
     notes: list[str] = field(default_factory=list)
+    comparisons: dict[str, EvalOutcome] = field(default_factory=dict)  # optimizer name -> its test run
 
 
 def provenance(cfg: TaskConfig, split_fingerprint: str) -> dict[str, Any]:
@@ -153,6 +154,7 @@ def optimize_task(
     }
     trainset = [ex.copy(image=downscale_dspy_image(ex.image, cfg.optimizer.demo_max_image_side)) for ex in splits.train]
     settings, notes = _fit_demos(cfg, program, trainset, lm)
+    metric = metric_for(cfg.task.output, fields=list(cfg.task.fields or {}) or None)
     sees_images = True
     if prompt_lm is None:
         prompt_lm, sees_images = create_prompt_lm(cfg, lm)
@@ -161,7 +163,7 @@ def optimize_task(
         trainset,
         splits.val,
         task_lm=lm,
-        metric=metric_for(cfg.task.output, fields=list(cfg.task.fields or {}) or None),
+        metric=metric,
         settings=settings,
         seed=cfg.seed,
         num_threads=threads,
@@ -173,11 +175,20 @@ def optimize_task(
         "val": evaluate_program(best, splits.val, description="optimized val", **common),
         "test": evaluate_program(best, splits.test, run=run, description="optimized test", **common),
     }
+    comparisons = {
+        name: evaluate_program(
+            compile_comparison(name, program, trainset, metric=metric, settings=settings, lm=lm),
+            splits.test, description=f"{name} test", **common,
+        )
+        for name in cfg.optimizer.compare
+    }
     sizes = splits.sizes()
-    for outcome in (*baseline.values(), *optimized.values()):
+    for outcome in (*baseline.values(), *optimized.values(), *comparisons.values()):
         outcome.metrics.update(split_sizes=sizes, n_skipped=len(splits.skipped))
     run.write_json(METRICS, {**optimized["test"].metrics, "split": "test"})
     run.write_json("baseline_metrics.json", {**baseline["test"].metrics, "split": "test"})
+    for name, outcome in comparisons.items():
+        run.write_json(f"{name}_metrics.json", {**outcome.metrics, "split": "test"})
     run.write_json("trials.json", {"instruction_candidates": result.instruction_candidates, "trials": result.history})
     artifact = save_artifact(
         best,
@@ -197,7 +208,7 @@ def optimize_task(
         plot_confusion_matrix(optimized["test"].metrics["confusion"], run.path / "confusion.png")
     write_report(run.path)
     calls = _calls_since(lm, calls_before)
-    return OptimizeOutcome(run, baseline, optimized, result.history, artifact, calls, notes + result.notes)
+    return OptimizeOutcome(run, baseline, optimized, result.history, artifact, calls, notes + result.notes, comparisons)
 
 
 def _fit_demos(cfg: TaskConfig, program, trainset, lm) -> tuple[OptimizerConfig, list[str]]:

@@ -169,3 +169,21 @@ def trial_history(program: dspy.Module) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def compile_comparison(
+    name: str, program: dspy.Module, trainset: list[dspy.Example], *, metric, settings: OptimizerConfig, lm: dspy.LM
+) -> dspy.Module:
+    """A simpler DSPy optimizer's program, reported beside MIPROv2's (``optimizer.compare``)."""
+    if name == "labeled_fewshot":
+        optimizer = dspy.LabeledFewShot(k=settings.max_labeled_demos)
+    elif name == "bootstrap_fewshot":
+        optimizer = dspy.BootstrapFewShot(
+            metric=metric,
+            max_bootstrapped_demos=settings.max_bootstrapped_demos,
+            max_labeled_demos=settings.max_labeled_demos,
+        )
+    else:
+        raise ValueError(f"unknown comparison optimizer {name!r}; valid: labeled_fewshot, bootstrap_fewshot")
+    with dspy.context(lm=lm):
+        return optimizer.compile(program.deepcopy(), trainset=trainset)

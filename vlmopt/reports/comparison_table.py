@@ -28,16 +28,19 @@ ROWS = (
 
 
 def comparison_table(outcome) -> Table:
-    """Baseline (the config's prompt) vs optimized program, both on test, with split sizes."""
-    base, opt = outcome.baseline["test"].metrics, outcome.optimized["test"].metrics
-    sizes = opt.get("split_sizes") or {}
+    """Baseline (the config's prompt), comparison optimizers and MIPROv2's program, all on test."""
+    columns = {"baseline": outcome.baseline["test"].metrics}
+    columns.update({name: run.metrics for name, run in outcome.comparisons.items()})
+    columns["optimized"] = outcome.optimized["test"].metrics
+    sizes = columns["optimized"].get("split_sizes") or {}
     caption = ", ".join(f"{k} {v}" for k, v in sizes.items())
     table = Table(title="test split: baseline vs optimized", caption=f"split sizes: {caption}" if caption else None)
     table.add_column("metric")
-    table.add_column(f"baseline (n={base['n']})", justify="right")
-    table.add_column(f"optimized (n={opt['n']})", justify="right")
-    for name, render in ROWS:
-        table.add_row(name, render(base), render(opt))
+    for name, metrics in columns.items():
+        table.add_column(f"{name} (n={metrics['n']})", justify="right")
+    for row, render in ROWS:
+        table.add_row(row, *(render(metrics) for metrics in columns.values()))
     val_b, val_o = outcome.baseline["val"].metrics, outcome.optimized["val"].metrics
-    table.add_row("val accuracy (selected on)", f"{val_b['accuracy']:.3f}", f"{val_o['accuracy']:.3f}")
+    val_cells = [f"{val_b['accuracy']:.3f}", *("-" for _ in outcome.comparisons), f"{val_o['accuracy']:.3f}"]
+    table.add_row("val accuracy (selected on)", *val_cells)
     return table
