@@ -20,7 +20,7 @@ from rich.console import Console
 
 from vlmopt.artifacts import load_artifact, read_verified, save_artifact
 from vlmopt.config import OptimizerConfig, TaskConfig
-from vlmopt.datasets import load_splits
+from vlmopt.datasets import LoadedSplits, load_splits
 from vlmopt.datasets.images import downscale_dspy_image
 from vlmopt.evaluate import EvalOutcome, evaluate_program
 from vlmopt.metrics import metric_for, plot_confusion_matrix
@@ -41,6 +41,18 @@ def configure_cache(cfg: TaskConfig) -> Path:
     return cache_dir
 
 
+def _start_run(cfg: TaskConfig, lm: dspy.LM | None) -> tuple[RunDir, LoadedSplits, dspy.LM, int | None]:
+    """Run directory first (an unwritable one fails before any work), then data, then the model."""
+    run = RunDir.create(cfg.run.output_dir, cfg.name or "run")
+    run.write_config(cfg)
+    configure_cache(cfg)
+    splits = load_splits(cfg)
+    for skip in splits.skipped:
+        run.append_failure(skip.id, "image", skip.message)
+    lm = lm or create_lm(cfg)
+    return run, splits, lm, model_calls(lm)
+
+
 def evaluate_task(
     cfg: TaskConfig,
     *,
@@ -52,16 +64,9 @@ def evaluate_task(
     console: Console | None = None,
 ) -> tuple[RunDir, EvalOutcome]:
     """Evaluate the config's own prompt — or a frozen ``artifact`` — on a split; write a run directory."""
-    run = RunDir.create(cfg.run.output_dir, cfg.name or "run")
-    run.write_config(cfg)
-    configure_cache(cfg)
-    splits = load_splits(cfg)
-    for skip in splits.skipped:
-        run.append_failure(skip.id, "image", skip.message)
+    run, splits, lm, calls_before = _start_run(cfg, lm)
     examples = splits.all if split == "all" else getattr(splits, split)
     examples = examples[:limit] if limit else examples
-    lm = lm or create_lm(cfg)
-    calls_before = model_calls(lm)
     if artifact is not None:
         frozen = load_artifact(artifact, expected_labels=splits.labels if cfg.task.output != "multi_field" else None)
         program, task = frozen.program, frozen.task
@@ -136,14 +141,7 @@ def optimize_task(
     and ``metrics.json`` (the optimized program on test), ``baseline_metrics.json``,
     ``trials.json`` (MIPROv2's history), ``prompt.json``, ``artifact.json`` and ``report.html``.
     """
-    run = RunDir.create(cfg.run.output_dir, cfg.name or "run")
-    run.write_config(cfg)
-    configure_cache(cfg)
-    splits = load_splits(cfg)
-    for skip in splits.skipped:
-        run.append_failure(skip.id, "image", skip.message)
-    lm = lm or create_lm(cfg)
-    calls_before = model_calls(lm)
+    run, splits, lm, calls_before = _start_run(cfg, lm)
     threads = cfg.run.num_threads
     common = dict(lm=lm, task=cfg.task, labels=splits.labels, num_threads=threads, seed=cfg.seed, console=console)
 
