@@ -100,6 +100,9 @@ class DatasetConfig(_Section):
     )
     splits: SplitFractions = Field(default_factory=SplitFractions)
     max_image_side: int = Field(768, ge=16, description="Longer image side after normalisation (aspect kept).")
+    max_image_pixels: int | None = Field(
+        None, ge=1, description="Decompression-bomb guard: larger images are skipped (default PIL's, ~89 Mpx)."
+    )
 
 
 OutputKind = Literal["single_label", "multi_label", "multi_field"]

@@ -48,7 +48,7 @@ def _start_run(cfg: TaskConfig, lm: dspy.LM | None) -> tuple[RunDir, LoadedSplit
     configure_cache(cfg)
     splits = load_splits(cfg)
     for skip in splits.skipped:
-        run.append_failure(skip.id, "image", skip.message)
+        run.append_failure(skip.id, "image", f"{skip.reason}: {skip.message}")
     lm = lm or create_lm(cfg)
     return run, splits, lm, model_calls(lm)
 

@@ -86,7 +86,8 @@ class _Item:
 def load_splits(cfg: TaskConfig, *, max_pixels: int | None = None) -> LoadedSplits:
     """Load, clean, sample and split the dataset of ``cfg``.
 
-    ``max_pixels`` is the decompression-bomb guard (default PIL's ``Image.MAX_IMAGE_PIXELS``).
+    ``max_pixels`` is the decompression-bomb guard (default ``dataset.max_image_pixels``, else
+    PIL's ``Image.MAX_IMAGE_PIXELS``).
     Raises ``DatasetError`` (or its ``HubUnreachable`` / ``SplitError``) for a problem with the
     whole dataset; a problem with one item is a ``Skip`` in the result instead.
     """
@@ -105,6 +106,7 @@ def load_splits(cfg: TaskConfig, *, max_pixels: int | None = None) -> LoadedSpli
         keys = strata([item.target for item in items], cfg.task.output, classes)
         items = [items[i] for i in stratified_sample(keys, dcfg.n_samples, cfg.seed)]
 
+    max_pixels = max_pixels or dcfg.max_image_pixels
     examples = _decode(opened, columns, items, dcfg.max_image_side, max_pixels, skipped)
     usable = [item for item in items if item.id in examples]
     keys = strata([item.target for item in usable], cfg.task.output, classes)
