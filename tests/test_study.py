@@ -11,17 +11,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study_task import GOOD, centre, make_colour_folder, study_config, StudyVLM
+from study_procs import admitted_running, assert_no_settings_twice, complete, finish, start_worker, wait_for
+from study_task import StudyVLM, centre, make_colour_folder, study_config
 from vlmopt.config import ConfigError
 from vlmopt.datasets import load_splits
 from vlmopt.datasets.images import dspy_image_to_pil
@@ -35,7 +33,6 @@ from vlmopt.pipeline import configure_cache
 from vlmopt.reports.run_dir import RunDir
 from vlmopt.testing.scripted_engine import ScriptedEngine, scripted_lm
 
-WORKER = Path(__file__).with_name("study_worker.py")
 FIELDS = ["adapter", "reasoning", "structured_generation", "max_labeled_demos", "max_bootstrapped_demos",
           "max_image_side", "num_candidates", "num_trials"]
 
@@ -56,15 +53,6 @@ def search(data: Path, workdir: Path, **kwargs):
     run = RunDir.create(cfg.run.output_dir, "search")
     result = run_search(cfg, run=run, lm_factory=lambda _cfg: scripted_lm(engine, name="study", cache=True), **kwargs)
     return cfg, result, vlm
-
-
-def complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return study.get_trials(states=(TrialState.COMPLETE,))
-
-
-def assert_no_settings_twice(study: optuna.Study) -> None:
-    settings = [json.dumps(t.params, sort_keys=True) for t in complete(study)]
-    assert len(settings) == len(set(settings))
 
 
 # --- the search space -----------------------------------------------------------------------
@@ -203,9 +191,8 @@ def test_resume_keeps_finished_trials_and_refuses_another_task(data, tmp_path):
     assert len(after) == 5 and all(after[n] == kept for n, kept in before.items())
     assert_no_settings_twice(again.study)
 
-    other = study_config(data, tmp_path / "c").model_dump()
-    other["task"]["system_prompt"] = "Name the animal."
-    cfg = study_config(data, tmp_path / "c").model_validate(other)
+    cfg = study_config(data, tmp_path / "c")
+    cfg.task.system_prompt = "Name the animal."
     with pytest.raises(StudyMismatch, match="different task"):
         run_search(cfg, run=RunDir.create(tmp_path / "c", "x"), n_trials=5, storage=storage, study_name="colours")
     with pytest.raises(StudyMismatch, match="optimizes"):
@@ -253,41 +240,10 @@ def test_a_trial_waits_for_a_free_slot_and_is_surplus_once_the_study_is_full():
 
 # --- worker processes on one SQLite storage -------------------------------------------------------
 
-def start_worker(data: Path, workdir: Path, storage: str, study_name: str, n_trials: int, *extra: str):
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), str(data), str(workdir), "--storage", storage, "--study-name", study_name,
-         "--n-trials", str(n_trials), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def finish(proc: subprocess.Popen, timeout: float = 150) -> dict:
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err[-3000:]
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def wait_for(study_name: str, storage: str, condition, timeout: float = 90) -> optuna.Study:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            study = optuna.load_study(study_name=study_name, storage=storage)
-            if condition(study):
-                return study
-        except KeyError:  # the worker has not created the study yet
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"study {study_name} never reached the expected state")
-
-
-def admitted_running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.user_attrs.get("admitted") == t.number]
-
-
 @pytest.mark.slow
 def test_a_worker_killed_mid_trial_resumes_with_its_finished_trials_kept(data, tmp_path):
     storage, name = f"sqlite:///{tmp_path / 'study.db'}", "killed"
-    proc = start_worker(data, tmp_path, storage, name, 5, "--call-delay", "0.03")
+    proc = start_worker(data, tmp_path, storage, name, 4, "--call-delay", "0.01")
     study = wait_for(name, storage, lambda s: len(complete(s)) >= 2 and admitted_running(s))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -295,10 +251,10 @@ def test_a_worker_killed_mid_trial_resumes_with_its_finished_trials_kept(data, t
     kept = {t.number: (t.params, t.value) for t in complete(study)}
     (killed,) = study.get_trials(states=(TrialState.RUNNING,))
 
-    resumed = finish(start_worker(data, tmp_path, storage, name, 5))
+    resumed = finish(start_worker(data, tmp_path, storage, name, 4))
     study = optuna.load_study(study_name=name, storage=storage)
     after = {t.number: (t.params, t.value) for t in complete(study)}
-    assert len(after) == 5 and all(after[n] == v for n, v in kept.items())
+    assert len(after) == 4 and all(after[n] == v for n, v in kept.items())
     assert set(resumed["complete"]) == set(after) - set(kept)
     assert study.trials[killed.number].state == TrialState.FAIL  # the heartbeat noticed; not RUNNING forever
     assert not study.get_trials(states=(TrialState.RUNNING,))
@@ -310,11 +266,11 @@ def test_a_worker_killed_mid_trial_resumes_with_its_finished_trials_kept(data, t
 @pytest.mark.slow
 def test_two_workers_share_one_sqlite_study_and_finish_n_trials_in_total(data, tmp_path):
     storage, name = f"sqlite:///{tmp_path / 'study.db'}", "shared"
-    procs = [start_worker(data, tmp_path, storage, name, 6, "--call-delay", "0.03") for _ in range(2)]
+    procs = [start_worker(data, tmp_path, storage, name, 4, "--call-delay", "0.01") for _ in range(2)]
     outs = [finish(p) for p in procs]
     study = optuna.load_study(study_name=name, storage=storage)
     numbers = {t.number for t in complete(study)}
-    assert len(numbers) == 6
+    assert len(numbers) == 4
     mine = [set(o["complete"]) for o in outs]
     assert mine[0] | mine[1] == numbers and not mine[0] & mine[1] and all(mine)
     assert not study.get_trials(states=(TrialState.RUNNING,))
