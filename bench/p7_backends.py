@@ -1,0 +1,156 @@
+"""P7: images/s of the in-process engine vs the vLLM (CPU) server: same model, same prompts, same threads.
+
+Both run the same ``Classify`` program (single label, 3 classes, zero-shot) through
+``evaluate_program`` over the same images:
+
+* **in-process** — the transformers engine (micro-batching); for a classifier it *scores* every
+  label in one batched forward pass and answers with the most likely one, probabilities included;
+* **vLLM** — ``create_openai_lm`` on a local vLLM server: grammar-constrained generation with
+  continuous batching and prefix caching, answer only;
+* **vLLM + probabilities** — ``create_vllm_lm``: the same generation plus one prompt-logprob
+  request per label, i.e. the same output as the in-process engine.
+
+The model is a random-weight Idefics3 (SmolVLM layout) large enough that the model, not Python,
+dominates: by default a 768-wide, 8-layer Llama text model and a 384-wide, 6-layer SigLIP tower on
+256 px images (64 image tokens, as SmolVLM at 512 px) — about 70 M parameters. Built offline from
+the tiny fixture's tokenizer and processor (``build_bench_idefics3``), so vLLM and transformers
+load the very same checkpoint. vLLM serves it in bfloat16; the in-process engine in its default
+dtype (``--dtype``).
+
+Not a test: numbers depend on the machine (and on what else runs on it: the load average is
+printed). Run on the serving host::
+
+    python bench/p7_backends.py                       # builds the bench model in a temp dir
+    python bench/p7_backends.py --model /models/SmolVLM-256M-Instruct --images 64 --threads 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import dspy
+import torch
+from rich.console import Console
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, GenerationConfig
+
+from vlmopt.config import TaskSpec
+from vlmopt.datasets.images import to_dspy_image
+from vlmopt.evaluate import evaluate_program
+from vlmopt.programs import create_program
+from vlmopt.serving.openai_lm import create_openai_lm
+from vlmopt.serving.transformers_engine import create_lm
+from vlmopt.serving.vllm_probabilities import create_vllm_lm
+from vlmopt.serving.vllm_server import VLLMServer
+from vlmopt.testing.images import draw_shape
+from vlmopt.testing.tiny_vlm import build_idefics3
+
+LABELS = ["circle", "square", "triangle"]
+TASK = TaskSpec(labels=LABELS)
+SERVED_NAME = "bench-idefics3"
+
+
+def build_bench_idefics3(out_dir: Path, *, hidden: int = 768, layers: int = 8, vision_hidden: int = 384,
+                         vision_layers: int = 6, image_side: int = 256, seed: int = 0) -> Path:
+    """A random-weight Idefics3 at bench size, sharing the tiny fixture's tokenizer and chat template.
+
+    Heads are 64 wide (vLLM's CPU attention needs that); 16 px patches and the 2x pixel shuffle give
+    (image_side / 32)^2 image tokens; images are never split, in transformers and in vLLM alike.
+    """
+    tiny = build_idefics3(out_dir / "tiny", seed)
+    config = AutoConfig.from_pretrained(tiny)
+    heads = hidden // 64
+    config.text_config.update({"hidden_size": hidden, "intermediate_size": hidden * 8 // 3 // 64 * 64,
+                               "num_hidden_layers": layers, "num_attention_heads": heads,
+                               "num_key_value_heads": max(1, heads // 3), "head_dim": 64})
+    config.vision_config.update({"hidden_size": vision_hidden, "intermediate_size": vision_hidden * 4,
+                                 "num_hidden_layers": vision_layers, "num_attention_heads": vision_hidden // 64,
+                                 "patch_size": 16, "image_size": image_side})
+    processor = AutoProcessor.from_pretrained(tiny)
+    processor.image_processor.size = {"longest_edge": image_side}
+    processor.image_processor.max_image_size = {"longest_edge": image_side}
+    processor.image_seq_len = (image_side // 16) ** 2 // config.scale_factor**2
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32).eval()
+    model.generation_config = GenerationConfig.from_pretrained(tiny)
+    target = out_dir / "model"
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    return target
+
+
+def bench_images(count: int, side: int) -> list[dspy.Example]:
+    """Seeded synthetic shapes, encoded once like the dataset loader does."""
+    examples = []
+    for i in range(count):
+        label = LABELS[i % len(LABELS)]
+        image = draw_shape(label, size=side, rng=random.Random(f"p7:{i}"))
+        examples.append(dspy.Example(image=to_dspy_image(image), label=label, id=str(i)).with_inputs("image"))
+    return examples
+
+
+def images_per_s(lm: dspy.LM, examples: list[dspy.Example], threads: int) -> float:
+    program = create_program(TASK, LABELS)
+    quiet = Console(file=io.StringIO())
+    start = time.perf_counter()
+    outcome = evaluate_program(program, examples, lm=lm, task=TASK, labels=LABELS, num_threads=threads,
+                               console=quiet)
+    elapsed = time.perf_counter() - start
+    if outcome.failed_ids:
+        raise RuntimeError(f"{len(outcome.failed_ids)} items failed: {next(iter(outcome.errors.values()))}")
+    return len(examples) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="local checkpoint directory (default: build the bench Idefics3)")
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--image-side", type=int, default=256, help="side of the synthetic images")
+    parser.add_argument("--dtype", default="auto", help="in-process dtype (vLLM on CPU always uses bfloat16)")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    args = parser.parse_args()
+
+    model = args.model or str(build_bench_idefics3(Path(tempfile.mkdtemp(prefix="p7-model-"))))
+    examples = bench_images(args.images, args.image_side)
+    warm = bench_images(args.threads, args.image_side)
+    report: dict = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "load_avg_at_start": os.getloadavg(), "torch_threads": torch.get_num_threads()},
+        "settings": {"model": model, "images": args.images, "threads": args.threads, "image_side": args.image_side,
+                     "max_new_tokens": args.max_new_tokens, "in_process_dtype": args.dtype},
+    }
+
+    in_process = create_lm(model, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+                           max_batch_size=args.threads, cache=False)
+    report["settings"]["parameters_M"] = round(sum(p.numel() for p in in_process.engine.model.parameters()) / 1e6, 1)
+    images_per_s(in_process, warm, args.threads)
+    rates = {"in_process": images_per_s(in_process, examples, args.threads)}
+    in_process.engine.close()
+
+    with VLLMServer(model, served_model_name=SERVED_NAME, limit_mm_per_prompt={"image": 1}) as server:
+        plain = create_openai_lm(server.base_url, SERVED_NAME, max_tokens=args.max_new_tokens, cache=False)
+        scored = create_vllm_lm(server.base_url, SERVED_NAME, max_tokens=args.max_new_tokens, cache=False)
+        images_per_s(scored, warm, args.threads)
+        rates["vllm"] = images_per_s(plain, examples, args.threads)
+        rates["vllm_with_probabilities"] = images_per_s(scored, examples, args.threads)
+
+    report["images_per_s"] = {name: round(rate, 2) for name, rate in rates.items()}
+    report["ratios"] = {
+        "vllm / in_process": round(rates["vllm"] / rates["in_process"], 2),
+        "vllm_with_probabilities / in_process": round(rates["vllm_with_probabilities"] / rates["in_process"], 2),
+    }
+    report["machine"]["load_avg_at_end"] = os.getloadavg()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
