@@ -35,7 +35,9 @@ Known limits:
   message but ``Assistant:`` as the generation prompt: there the answer is scored after one extra
   space token (measured on the tiny Idefics3: |p_vllm - p_in_process| <= 0.003).
 * Cost: one full prefill per label. vLLM does not read the prefix cache for requests that ask
-  for ``prompt_logprobs`` (every prompt position needs its logits).
+  for ``prompt_logprobs`` (every prompt position needs its logits). Measured (bench P7, 65 M
+  Idefics3, 3 labels, CPU): 2.7 images/s with probabilities vs 6.2 without. The prediction's
+  token usage is the generation request's; the scoring requests are not counted in it.
 
 Example::
 
