@@ -5,6 +5,7 @@ An artifact holds everything needed to reproduce the optimized classifier and to
 * ``format`` / ``format_version`` — what this file is;
 * ``task`` — output kind, labels or fields, and the JSON schema of the answer;
 * ``model`` — model id and revision; ``generation`` — decoding and prompt-framing settings;
+* ``image_preprocessing`` — how images were downscaled and re-encoded (apps send the same bytes);
 * ``program`` — the DSPy program state (instruction, demos with their images as data URIs);
 * ``prompt`` — the *rendered portable prompt*: the exact chat messages the adapter sends, demo
   images inline, the query image as the ``{image}`` slot, and the ``response_format``;
@@ -35,6 +36,7 @@ import dspy
 from dspy.adapters.json_adapter import _get_structured_outputs_response_format
 
 from vlmopt.config import TaskConfig, TaskSpec
+from vlmopt.datasets.images import JPEG_QUALITY
 from vlmopt.programs import Classify, create_program
 from vlmopt.programs.signatures import make_signature
 
@@ -123,6 +125,15 @@ def build_artifact(
             "adapter": cfg.task.adapter,
             "reasoning": cfg.task.reasoning,
             "normalize_labels": cfg.task.normalize_labels,
+        },
+        # Apps must send the bytes the program saw: images are downscaled and re-encoded once.
+        "image_preprocessing": {
+            "max_side": cfg.dataset.max_image_side,
+            "demo_max_side": cfg.optimizer.demo_max_image_side,
+            "format": "JPEG",
+            "quality": JPEG_QUALITY,
+            "exif_transpose": True,
+            "alpha_flattened_on": "white",
         },
         "program": program.dump_state(),
         "prompt": render_prompt(program, cfg.task.structured_generation),

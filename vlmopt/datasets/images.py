@@ -97,7 +97,11 @@ def load_image(source: ImageSource, *, max_side: int, max_pixels: int | None = N
     return normalize_image(open_image(source, max_pixels=max_pixels, max_side=max_side), max_side)
 
 
-def to_dspy_image(img: Image.Image, *, fmt: str = "JPEG", quality: int = 90) -> dspy.Image:
+JPEG_QUALITY = 90
+"""Quality of the one re-encoding every image gets (artifacts record it for apps that replay)."""
+
+
+def to_dspy_image(img: Image.Image, *, fmt: str = "JPEG", quality: int = JPEG_QUALITY) -> dspy.Image:
     """Encode as a data URI ourselves: ``dspy.Image(pil)`` would re-save at PIL's defaults."""
     buffer = io.BytesIO()
     if fmt.upper() == "JPEG":

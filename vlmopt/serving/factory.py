@@ -16,8 +16,10 @@ def create_lm(cfg: TaskConfig) -> dspy.LM:
     """The LM a task config describes (loads the model once for the in-process backend)."""
     if cfg.backend.kind == "openai":
         from vlmopt.serving.openai_lm import create_openai_lm
+        from vlmopt.serving.vllm_probabilities import create_vllm_lm
 
-        return create_openai_lm(
+        create = create_vllm_lm if cfg.backend.label_probabilities else create_openai_lm
+        return create(
             cfg.backend.base_url,
             cfg.backend.served_model_name or cfg.model.id,
             api_key_env=cfg.backend.api_key_env,
