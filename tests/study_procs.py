@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,8 +12,23 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import OperationalError
 
 WORKER = Path(__file__).with_name("study_worker.py")
+
+
+def start_workers(n: int, data: Path, workdir: Path, storage: str, study_name: str, n_trials: int,
+                  *extra: str, timeout: float = 120) -> list[subprocess.Popen]:
+    """``n`` workers that start searching together, once all have imported and loaded the data."""
+    go = workdir / "go"
+    procs = [start_worker(data, workdir, storage, study_name, n_trials, "--go-file", str(go), *extra) for _ in range(n)]
+    deadline = time.monotonic() + timeout
+    while not all(Path(f"{go}.ready-{p.pid}").exists() for p in procs):
+        assert time.monotonic() < deadline, "the workers never got ready"
+        assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
+        time.sleep(0.05)
+    go.touch()
+    return procs
 
 
 def start_worker(data: Path, workdir: Path, storage: str, study_name: str, n_trials: int, *extra: str):
@@ -30,19 +47,43 @@ def finish(proc: subprocess.Popen, timeout: float = 150) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def wait_for(study_name: str, url: str, condition, timeout: float = 90) -> optuna.Study:
-    """Poll the storage until ``condition(study)`` holds (one connection pool, not one per poll)."""
+def kill_mid_trial(procs: list[subprocess.Popen], study_name: str, url: str, min_complete: int,
+                   timeout: float = 120) -> tuple[subprocess.Popen, FrozenTrial]:
+    """SIGKILL one worker while it is inside an admitted trial; (that worker, that trial).
+
+    Once ``min_complete`` trials are complete and a worker is mid-trial, it is frozen (SIGSTOP)
+    before the storage is read again, so its trial cannot finish between the look and the kill.
+    """
     storage = optuna.storages.RDBStorage(url)
+    by_pid = {p.pid: p for p in procs}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        time.sleep(0.05)
         try:
             study = optuna.load_study(study_name=study_name, storage=storage)
-            if condition(study):
-                return study
+            candidates = [t for t in admitted_running(study) if _pid(t) in by_pid]
+            if len(complete(study)) < min_complete or not candidates:
+                continue
         except KeyError:  # no worker has created the study yet
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"study {study_name} never reached the expected state")
+            continue
+        victim = by_pid[_pid(candidates[0])]
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+            mine = [t for t in admitted_running(study) if _pid(t) == victim.pid]
+        except OperationalError:  # frozen while holding SQLite's write lock
+            mine = []
+        if mine:
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait()
+            return victim, mine[0]
+        os.kill(victim.pid, signal.SIGCONT)
+    raise AssertionError(f"no worker of study {study_name} was caught mid-trial")
+
+
+def _pid(trial: FrozenTrial) -> int | None:
+    worker = trial.user_attrs.get("worker")
+    return int(worker.rsplit(":", 1)[1]) if worker else None
 
 
 def complete(study: optuna.Study) -> list[FrozenTrial]:

@@ -5,7 +5,10 @@ It is ``run_search(worker=True)`` with the scripted test double as the task mode
 them. Not a user entry point: ``vlmopt optimize --worker`` is.
 
     python tests/study_worker.py DATA WORKDIR --storage URL --study-name NAME --n-trials 6 \
-        [--objectives accuracy tokens] [--call-delay 0.05] [--heartbeat 1 --grace 2 --poll 0.2]
+        [--objectives accuracy tokens] [--call-delay 0.05] [--heartbeat 1 --grace 2 --poll 0.2] [--go-file F]
+
+With ``--go-file F`` it writes ``F.ready-<pid>`` once set up and waits for ``F`` before searching,
+so several workers really run at the same time whatever their start-up time.
 
 Prints one JSON line at the end: the numbers of the complete trials this worker ran.
 """
@@ -16,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import optuna
@@ -40,6 +44,7 @@ def main() -> None:
     parser.add_argument("--heartbeat", type=int, default=1)
     parser.add_argument("--grace", type=int, default=2)
     parser.add_argument("--poll", type=float, default=0.2)
+    parser.add_argument("--go-file", type=Path)
     args = parser.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -48,6 +53,10 @@ def main() -> None:
     configure_cache(cfg)
     engine = ScriptedEngine(StudyVLM(delay_s=args.call_delay))
     run = RunDir.create(args.workdir / f"runs-{os.getpid()}", "worker")
+    if args.go_file is not None:
+        Path(f"{args.go_file}.ready-{os.getpid()}").touch()
+        while not args.go_file.exists():
+            time.sleep(0.05)
     result = run_search(
         cfg,
         run=run,

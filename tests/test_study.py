@@ -9,8 +9,6 @@ SQLite storage, heartbeats, worker processes and SIGKILL — is real.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study_procs import admitted_running, assert_no_settings_twice, complete, finish, start_worker, wait_for
+from study_procs import assert_no_settings_twice, complete, finish, kill_mid_trial, start_worker, start_workers
 from study_task import StudyVLM, centre, make_colour_folder, study_config
 from vlmopt.config import ConfigError
 from vlmopt.datasets import load_splits
@@ -244,12 +242,10 @@ def test_a_trial_waits_for_a_free_slot_and_is_surplus_once_the_study_is_full():
 def test_a_worker_killed_mid_trial_resumes_with_its_finished_trials_kept(data, tmp_path):
     storage, name = f"sqlite:///{tmp_path / 'study.db'}", "killed"
     proc = start_worker(data, tmp_path, storage, name, 4, "--call-delay", "0.01")
-    study = wait_for(name, storage, lambda s: len(complete(s)) >= 2 and admitted_running(s))
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _, killed = kill_mid_trial([proc], name, storage, min_complete=2)
     study = optuna.load_study(study_name=name, storage=storage)
     kept = {t.number: (t.params, t.value) for t in complete(study)}
-    (killed,) = study.get_trials(states=(TrialState.RUNNING,))
+    assert study.trials[killed.number].state == TrialState.RUNNING  # its worker is gone
 
     resumed = finish(start_worker(data, tmp_path, storage, name, 4))
     study = optuna.load_study(study_name=name, storage=storage)
@@ -266,7 +262,7 @@ def test_a_worker_killed_mid_trial_resumes_with_its_finished_trials_kept(data, t
 @pytest.mark.slow
 def test_two_workers_share_one_sqlite_study_and_finish_n_trials_in_total(data, tmp_path):
     storage, name = f"sqlite:///{tmp_path / 'study.db'}", "shared"
-    procs = [start_worker(data, tmp_path, storage, name, 4, "--call-delay", "0.01") for _ in range(2)]
+    procs = start_workers(2, data, tmp_path, storage, name, 4, "--call-delay", "0.01")
     outs = [finish(p) for p in procs]
     study = optuna.load_study(study_name=name, storage=storage)
     numbers = {t.number for t in complete(study)}

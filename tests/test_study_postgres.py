@@ -9,7 +9,6 @@ that fails.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from study_procs import admitted_running, assert_no_settings_twice, complete, finish, start_worker, wait_for
+from study_procs import assert_no_settings_twice, complete, finish, kill_mid_trial, start_workers
 from study_task import make_colour_folder
 
 START_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "start_postgres.sh"
@@ -50,23 +49,30 @@ def postgres_url() -> str:
     return url
 
 
+@pytest.fixture
+def empty_database(postgres_url):
+    """A fresh database per test: workers starting together must also create Optuna's tables."""
+    server = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    name = f"vlmopt_study_{uuid.uuid4().hex[:8]}"
+    with server.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    yield sqlalchemy.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    with server.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    server.dispose()
+
+
 @pytest.mark.slow
-def test_three_workers_share_a_postgres_study_and_survive_one_killed_mid_trial(postgres_url, tmp_path):
+def test_three_workers_share_a_postgres_study_and_survive_one_killed_mid_trial(empty_database, tmp_path):
+    postgres_url = empty_database
     data = make_colour_folder(tmp_path / "data")
-    name = f"colours-{uuid.uuid4().hex[:8]}"
+    name = "colours"
     n_trials = 5
-    procs = {}
-    for _ in range(3):
-        proc = start_worker(data, tmp_path, postgres_url, name, n_trials, "--call-delay", "0.01")
-        procs[proc.pid] = proc
-    pids = set(procs)
+    procs = start_workers(3, data, tmp_path, postgres_url, name, n_trials, "--call-delay", "0.01")
+    pids = {p.pid for p in procs}
     try:
-        study = wait_for(name, postgres_url, lambda s: complete(s) and admitted_running(s))
-        victim = admitted_running(study)[0]
-        pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
-        os.kill(pid, signal.SIGKILL)
-        procs.pop(pid).wait()
-        outs = [finish(p) for p in procs.values()]
+        killed, victim = kill_mid_trial(procs, name, postgres_url, min_complete=1)
+        outs = [finish(p) for p in procs if p is not killed]
 
         study = optuna.load_study(study_name=name, storage=postgres_url)
         ran_by = {t.number: int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in complete(study)}
@@ -79,6 +85,5 @@ def test_three_workers_share_a_postgres_study_and_survive_one_killed_mid_trial(p
         assert not study.get_trials(states=(TrialState.RUNNING,))
         assert any(t.system_attrs.get("failed_trial") == victim.number for t in study.trials)  # queued again
     finally:
-        for proc in procs.values():
+        for proc in procs:
             proc.kill()
-        optuna.delete_study(study_name=name, storage=postgres_url)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 
 import optuna
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from vlmopt.config import ConfigError, TaskConfig
 
@@ -61,7 +63,20 @@ def display_url(url: str) -> str:
 
 
 def open_storage(url: str, heartbeat: Heartbeat) -> optuna.storages.RDBStorage:
-    """An RDB storage with heartbeats and retries of heartbeat-stale trials."""
+    """An RDB storage with heartbeats and retries of heartbeat-stale trials.
+
+    Workers started together on an empty PostgreSQL database race to create Optuna's tables
+    (optuna/optuna#4621: the loser gets a unique violation); the loser opens it again once the
+    winner's tables exist.
+    """
+    try:
+        return _rdb_storage(url, heartbeat)
+    except DBAPIError:
+        time.sleep(1.0)
+        return _rdb_storage(url, heartbeat)
+
+
+def _rdb_storage(url: str, heartbeat: Heartbeat) -> optuna.storages.RDBStorage:
     engine_kwargs: dict[str, Any] = {}
     if make_url(url).get_backend_name() == "sqlite":
         # Several worker processes write one file: wait for the lock instead of failing at once.
@@ -83,13 +98,14 @@ def study_fingerprint(cfg: TaskConfig, split_fingerprint: str, space: dict[str, 
     """sha256 over what makes two workers' trials comparable.
 
     Left out on purpose: the run name and directories, the backend (each worker may have its own
-    server), the device, thread counts and the outer trial count and storage.
+    server), the device, the dataset's local path (the split fingerprint names the items), thread
+    counts and the outer trial count and storage.
     """
     model = cfg.model.model_dump(exclude={"device"})
     optimizer = cfg.optimizer.model_dump(exclude={"search_trials", "storage"})
     parts = {
         "model": model,
-        "dataset": cfg.dataset.model_dump(),
+        "dataset": cfg.dataset.model_dump(exclude={"source"}),
         "task": cfg.task.model_dump(),
         "optimizer": optimizer,
         "seed": cfg.seed,
