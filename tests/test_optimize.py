@@ -176,3 +176,15 @@ def test_rerun_of_a_finished_optimize_makes_zero_model_calls(colour_folder, tmp_
     again = optimize_task(cfg, lm=scripted_lm(ScriptedEngine(scripted_vlm), name="colours-rerun", cache=True))
     assert again.model_calls == 0
     assert again.optimized["test"].metrics["accuracy"] == first.optimized["test"].metrics["accuracy"]
+
+
+def test_outer_search_picks_a_trial_and_the_protocol_freezes_it(colour_folder, tmp_path):
+    cfg = make_config(colour_folder, tmp_path, search_trials=3, num_trials=2)
+    lm = scripted_lm(ScriptedEngine(scripted_vlm), name="colours-search", cache=True)
+    outcome = optimize_task(cfg, lm=lm, lm_factory=lambda trial_cfg: lm)
+    assert len(outcome.history) == 3 and (outcome.run.path / "study.db").is_file()
+    best = max(outcome.history, key=lambda row: row["score"])
+    frozen = load_artifact(outcome.artifact)
+    assert outcome.optimized["val"].metrics["accuracy"] == pytest.approx(best["score"], abs=1e-3)  # DSPy rounds
+    assert frozen.data["metrics"]["val"]["accuracy"] == outcome.optimized["val"].metrics["accuracy"]
+    assert any("outer search: 3 trials" in note for note in outcome.notes)

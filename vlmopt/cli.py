@@ -41,7 +41,7 @@ def _quiet_libraries(
     import datasets
     import transformers
 
-    for name in ("dspy", "datasets", "httpx", "LiteLLM"):
+    for name in ("dspy", "datasets", "httpx", "LiteLLM", "optuna"):
         logging.getLogger(name).setLevel(logging.WARNING)
     datasets.disable_progress_bars()
     transformers.logging.disable_progress_bar()
@@ -137,14 +137,32 @@ def optimize(
     config: ConfigArg,
     num_threads: Annotated[Optional[int], typer.Option(help="Concurrent calls (default: run.num_threads).")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server URL (implies --backend openai).")] = None,
+    search_trials: Annotated[Optional[int], typer.Option("--search", help="Outer Optuna trials over program choices (framing, reasoning, structured decoding, demos, image side, budget), each a MIPROv2 run.")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna RDB URL for the outer study (default: SQLite in the run directory; PostgreSQL to share it).")] = None,
+    objective: Annotated[Optional[list[str]], typer.Option(help="Outer search objective, repeatable: accuracy, tokens, latency (two or more: Pareto front).")] = None,
+    worker: Annotated[bool, typer.Option("--worker", help="Only add trials to a shared study (needs --storage); no baseline, test or artifact.")] = False,
 ) -> None:
-    """Search instructions and few-shot image demos (MIPROv2) on val; freeze the winner; report it on test."""
+    """Search instructions and few-shot image demos (MIPROv2) on val; freeze the winner; report it on test.
+
+    With --search N, an outer Optuna study also searches the program choices MIPROv2 does not;
+    several `--worker` processes can share one study through --storage. A killed study resumes
+    with its finished trials when rerun against the same storage.
+    """
     from vlmopt.pipeline import optimize_task
     from vlmopt.reports.comparison_table import comparison_table
 
     cfg = _with_backend(_load(config), None, base_url)
+    from vlmopt.config import parse_config
+
+    raw = cfg.model_dump()
+    updates = {"search_trials": search_trials, "storage": storage, "search_objectives": objective}
+    raw["optimizer"].update({k: v for k, v in updates.items() if v is not None})
     if num_threads:
-        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"num_threads": num_threads})})
+        raw["run"]["num_threads"] = num_threads
+    cfg = parse_config(raw, "command line")
+    if worker:
+        _search_worker(cfg)
+        return
     outcome = optimize_task(cfg, console=console)
     console.print(comparison_table(outcome))
     for note in outcome.notes:
@@ -152,6 +170,24 @@ def optimize(
     calls = "not counted by this backend" if outcome.model_calls is None else outcome.model_calls
     console.print(f"model calls this run: {calls} (a rerun replays finished calls from the cache)")
     console.print(f"artifact: [bold]{outcome.artifact}[/]\nrun directory: [bold]{outcome.run.path}[/]")
+
+
+def _search_worker(cfg: TaskConfig) -> None:
+    """One worker of a shared outer study: add trials until the study holds the requested number."""
+    from vlmopt.optimizers.study import run_search
+    from vlmopt.pipeline import configure_cache
+    from vlmopt.reports.run_dir import RunDir
+
+    if not cfg.optimizer.search_trials:
+        raise ConfigError("--worker joins an outer study: give --search N (or optimizer.search_trials)")
+    run = RunDir.create(cfg.run.output_dir, f"{cfg.name or 'run'}-worker")
+    run.write_config(cfg)
+    configure_cache(cfg)
+    result = run_search(cfg, run=run, worker=True, console=console, objectives=cfg.optimizer.search_objectives)
+    console.print(f"study {result.study_name}: {len(result.trials)} complete trials; best trial "
+                  f"{result.best.number} values {result.best.values} params {result.best.params}")
+    for trial in result.pareto:
+        console.print(f"  pareto: trial {trial.number} values {trial.values}")
 
 
 @app.command()

@@ -173,6 +173,10 @@ class OptimizerConfig(_Section):
         default_factory=list, description="Simpler DSPy optimizers to report beside MIPROv2 on test."
     )
     search_trials: int = Field(0, ge=0, description="Outer Optuna trials over program choices (0 = off).")
+    search_objectives: list[Literal["accuracy", "tokens", "latency"]] = Field(
+        default_factory=lambda: ["accuracy"],
+        description="Outer search objectives: val accuracy, optionally with tokens / latency per image (Pareto).",
+    )
     storage: str | None = Field(None, description="Optuna RDB URL; default SQLite in the run directory.")
 
 

@@ -21,11 +21,12 @@ from rich.console import Console
 from vlmopt.artifacts import load_artifact, read_verified, save_artifact
 from vlmopt.config import OptimizerConfig, TaskConfig
 from vlmopt.datasets import LoadedSplits, load_splits
-from vlmopt.datasets.images import downscale_dspy_image
 from vlmopt.evaluate import EvalOutcome, evaluate_program
 from vlmopt.metrics import metric_for, plot_confusion_matrix
 from vlmopt.optimizers.context_budget import max_demos_that_fit
 from vlmopt.optimizers.mipro import compile_comparison, run_mipro
+from vlmopt.optimizers.study import run_search, shared_lm_factory
+from vlmopt.optimizers.trial_program import demo_trainset, rebuild_trial
 from vlmopt.programs import create_program
 from vlmopt.reports.html import write_report
 from vlmopt.reports.run_dir import METRICS, RunDir
@@ -128,55 +129,60 @@ def _metrics_summary(outcome: EvalOutcome) -> dict[str, Any]:
     return {k: outcome.metrics[k] for k in keys if k in outcome.metrics}
 
 
+@dataclass
+class Winner:
+    """The searched program and the settings it runs under (the search may change them)."""
+
+    cfg: TaskConfig
+    splits: LoadedSplits
+    program: dspy.Module
+    lm: dspy.LM
+    history: list[dict[str, Any]]
+    instruction_candidates: list[str]
+    notes: list[str]
+
+
 def optimize_task(
     cfg: TaskConfig,
     *,
     lm: dspy.LM | None = None,
     prompt_lm: dspy.LM | None = None,
+    lm_factory=None,
     console: Console | None = None,
 ) -> OptimizeOutcome:
-    """The held-out protocol: baseline on val and test, MIPROv2 on train/val, the winner on test once.
+    """The held-out protocol: baseline on val and test, the search on train/val, the winner on test once.
 
-    Writes the run directory: ``baseline/`` (the config's prompt on test), ``predictions.jsonl``
-    and ``metrics.json`` (the optimized program on test), ``baseline_metrics.json``,
-    ``trials.json`` (MIPROv2's history), ``prompt.json``, ``artifact.json`` and ``report.html``.
+    The search is MIPROv2 over instructions and demos; with ``optimizer.search_trials`` it is an
+    outer Optuna study over program choices, each trial a MIPROv2 run (``lm_factory`` builds the
+    LM a trial's settings need). Writes the run directory: ``baseline/`` (the config's prompt on
+    test), ``predictions.jsonl`` and ``metrics.json`` (the winner on test),
+    ``baseline_metrics.json``, ``trials.json``, ``prompt.json``, ``artifact.json``, ``report.html``.
     """
     run, splits, lm, calls_before = _start_run(cfg, lm)
     threads = cfg.run.num_threads
-    common = dict(lm=lm, task=cfg.task, labels=splits.labels, num_threads=threads, seed=cfg.seed, console=console)
+    common = dict(labels=splits.labels, num_threads=threads, seed=cfg.seed, console=console)
 
     program = create_program(cfg.task, splits.labels)
+    base = dict(lm=lm, task=cfg.task, **common)
     baseline = {
-        "val": evaluate_program(program, splits.val, description="baseline val", **common),
-        "test": evaluate_program(program, splits.test, run=run.child("baseline"), description="baseline test", **common),
+        "val": evaluate_program(program, splits.val, description="baseline val", **base),
+        "test": evaluate_program(program, splits.test, run=run.child("baseline"), description="baseline test", **base),
     }
-    trainset = [ex.copy(image=downscale_dspy_image(ex.image, cfg.optimizer.demo_max_image_side)) for ex in splits.train]
-    settings, notes = _fit_demos(cfg, program, trainset, lm)
+    trainset = demo_trainset(splits.train, cfg.optimizer.demo_max_image_side)
     metric = metric_for(cfg.task.output, fields=list(cfg.task.fields or {}) or None)
-    sees_images = True
-    if prompt_lm is None:
-        prompt_lm, sees_images = create_prompt_lm(cfg, lm)
-    result = run_mipro(
-        program,
-        trainset,
-        splits.val,
-        task_lm=lm,
-        metric=metric,
-        settings=settings,
-        seed=cfg.seed,
-        num_threads=threads,
-        prompt_lm=prompt_lm,
-        prompt_model_sees_images=sees_images,
-    )
-    best = result.program
+    if cfg.optimizer.search_trials:
+        winner = _outer_search(cfg, run, splits, lm, prompt_lm, lm_factory, console)
+    else:
+        winner = _mipro_search(cfg, splits, program, trainset, lm, prompt_lm, metric)
+    won = dict(lm=winner.lm, task=winner.cfg.task, **common)
     optimized = {
-        "val": evaluate_program(best, splits.val, description="optimized val", **common),
-        "test": evaluate_program(best, splits.test, run=run, description="optimized test", **common),
+        "val": evaluate_program(winner.program, winner.splits.val, description="optimized val", **won),
+        "test": evaluate_program(winner.program, winner.splits.test, run=run, description="optimized test", **won),
     }
     comparisons = {
         name: evaluate_program(
-            compile_comparison(name, program, trainset, metric=metric, settings=settings, lm=lm),
-            splits.test, description=f"{name} test", **common,
+            compile_comparison(name, program, trainset, metric=metric, settings=cfg.optimizer, lm=lm),
+            splits.test, description=f"{name} test", **base,
         )
         for name in cfg.optimizer.compare
     }
@@ -187,10 +193,10 @@ def optimize_task(
     run.write_json("baseline_metrics.json", {**baseline["test"].metrics, "split": "test"})
     for name, outcome in comparisons.items():
         run.write_json(f"{name}_metrics.json", {**outcome.metrics, "split": "test"})
-    run.write_json("trials.json", {"instruction_candidates": result.instruction_candidates, "trials": result.history})
+    run.write_json("trials.json", {"instruction_candidates": winner.instruction_candidates, "trials": winner.history})
     artifact = save_artifact(
-        best,
-        cfg,
+        winner.program,
+        winner.cfg,
         splits.labels,
         run.path / "artifact.json",
         metrics={
@@ -199,14 +205,44 @@ def optimize_task(
             "baseline": {"val": _metrics_summary(baseline["val"]), "test": _metrics_summary(baseline["test"])},
             "split_sizes": sizes,
         },
-        provenance=provenance(cfg, splits.fingerprint),
+        provenance=provenance(winner.cfg, splits.fingerprint),
     )
     run.write_json("prompt.json", read_verified(artifact)["prompt"])
     if "confusion" in optimized["test"].metrics:
         plot_confusion_matrix(optimized["test"].metrics["confusion"], run.path / "confusion.png")
     write_report(run.path)
     calls = _calls_since(lm, calls_before)
-    return OptimizeOutcome(run, baseline, optimized, result.history, artifact, calls, notes + result.notes, comparisons)
+    return OptimizeOutcome(run, baseline, optimized, winner.history, artifact, calls, winner.notes, comparisons)
+
+
+def _mipro_search(cfg, splits, program, trainset, lm, prompt_lm, metric) -> Winner:
+    """MIPROv2 over instructions x demo sets, demos capped to the context, on train/val."""
+    settings, notes = _fit_demos(cfg, program, trainset, lm)
+    sees_images = True
+    if prompt_lm is None:
+        prompt_lm, sees_images = create_prompt_lm(cfg, lm)
+    result = run_mipro(
+        program, trainset, splits.val, task_lm=lm, metric=metric, settings=settings, seed=cfg.seed,
+        num_threads=cfg.run.num_threads, prompt_lm=prompt_lm, prompt_model_sees_images=sees_images,
+    )
+    return Winner(cfg, splits, result.program, lm, result.history, result.instruction_candidates, notes + result.notes)
+
+
+def _outer_search(cfg, run, splits, lm, prompt_lm, lm_factory, console) -> Winner:
+    """The Optuna study over program choices; the winner is rebuilt under its own settings."""
+    factory = lm_factory or shared_lm_factory(lambda c: lm if _same_engine(c, cfg) else create_lm(c))
+    search = run_search(cfg, run=run, lm_factory=factory, prompt_lm=prompt_lm, console=console,
+                        objectives=cfg.optimizer.search_objectives)
+    best = rebuild_trial(cfg, search.best)
+    history = [{"trial": t.number, "score": t.values[0], "params": t.params} for t in search.trials]
+    notes = [*search.notes, f"outer search: {len(search.trials)} trials in {search.storage} ({search.study_name}); "
+             f"winner trial {search.best.number} with {search.best.params}"]
+    return Winner(best.cfg, best.splits, best.program, factory(best.cfg), history,
+                  [best.program.signature.instructions], notes)
+
+
+def _same_engine(a: TaskConfig, b: TaskConfig) -> bool:
+    return (a.model, a.backend, a.task.structured_generation) == (b.model, b.backend, b.task.structured_generation)
 
 
 def _fit_demos(cfg: TaskConfig, program, trainset, lm) -> tuple[OptimizerConfig, list[str]]:
