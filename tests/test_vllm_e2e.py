@@ -188,8 +188,9 @@ def test_killed_server_loses_nothing_and_the_rerun_asks_only_for_the_missing_ite
                           served_model_name=vllm_server.model, limit_mm_per_prompt={"image": 1},
                           extra_args=["--enforce-eager"], log_path=tmp_path / log)
 
+    # label_probabilities off: one request per item, so the server's request count is the item count
     cfg = _shapes_config(data.folder, tmp_path, f"http://127.0.0.1:{port}/v1", vllm_server.model,
-                         timeout_s=10, num_retries=1)
+                         timeout_s=10, num_retries=1, label_probabilities=False)
     first = server("first.log").start()
     try:
         watcher = _kill_after(tmp_path / "runs", rows=5, server=first)

@@ -1,0 +1,93 @@
+"""A server that hangs: each call times out, the run names the failed items and keeps every
+finished prediction, and a rerun against a healthy server asks only for the missing items.
+
+The hang is real network behaviour on loopback: a proxy in front of the real vLLM test server
+forwards the first requests, then accepts connections and never answers.
+"""
+
+import json
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from vlmopt.config import parse_config
+from vlmopt.evaluate import EvaluationInterrupted
+from vlmopt.pipeline import evaluate_task
+from vlmopt.reports.run_dir import read_predictions
+from vlmopt.testing.images import make_image_dataset
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+
+@pytest.fixture
+def hanging_proxy(vllm_server):
+    """Forwards ``answer_first`` chat completions to vLLM, then hangs until the test ends."""
+    state = {"answer_first": 5, "seen": 0, "lock": threading.Lock(), "release": threading.Event()}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's spelling)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            with state["lock"]:
+                state["seen"] += 1
+                forward = state["seen"] <= state["answer_first"]
+            if not forward:
+                state["release"].wait(120)
+                return
+            request = urllib.request.Request(vllm_server.root_url + self.path, data=body, method="POST",
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=120) as response:
+                payload = response.read()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        state["release"].set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def config(data_folder, tmp_path, base_url, model):
+    return parse_config({
+        "name": "hang",
+        "model": {"id": model, "max_new_tokens": 32},
+        "backend": {"kind": "openai", "base_url": base_url, "served_model_name": model, "timeout_s": 3,
+                    "num_retries": 0, "label_probabilities": False},
+        "dataset": {"source": str(data_folder), "kind": "imagefolder", "max_image_side": 64},
+        "task": {"labels": ["circle", "square", "triangle"]},
+        "run": {"output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"), "num_threads": 1},
+    })
+
+
+def test_hanging_server_times_out_keeps_rows_and_rerun_finishes_only_the_rest(
+    vllm_server, hanging_proxy, recording_proxy, tmp_path
+):
+    data = make_image_dataset(tmp_path / "data", n_per_class=8)
+    total = len(data.items)
+    with pytest.raises(EvaluationInterrupted) as stopped:
+        evaluate_task(config(data.folder, tmp_path, hanging_proxy, vllm_server.model), split="all")
+    assert "too many failed items" in str(stopped.value) and "Timeout" in str(stopped.value)
+    (run_path,) = (tmp_path / "runs").iterdir()
+    finished = read_predictions(run_path)
+    failures = [json.loads(line) for line in (run_path / "failures.jsonl").read_text().splitlines()]
+    assert len(finished) == 5
+    assert len(failures) >= 5 and all("Timeout" in f["reason"] for f in failures)
+
+    _, rerun = evaluate_task(config(data.folder, tmp_path, recording_proxy.base_url, vllm_server.model), split="all")
+    assert len(rerun.records) == total and not rerun.failed_ids
+    chat_calls = [r for r in recording_proxy.requests if r["path"].endswith("/chat/completions")]
+    assert len(chat_calls) == total - len(finished)
+    before = {r.id: r.predicted for r in finished}
+    assert all(r.predicted == before[r.id] for r in rerun.records if r.id in before)
