@@ -44,7 +44,9 @@ from vlmopt.programs import create_program
 from vlmopt.serving.openai_lm import create_openai_lm
 from vlmopt.serving.vllm_server import VLLMServer
 
-from p7_backends import LABELS, SERVED_NAME, TASK, bench_images, build_bench_idefics3  # bench/ is on sys.path
+from p7_backends import LABELS, SERVED_NAME, TASK, bench_images  # bench/ is on sys.path
+
+from vlmopt.testing.bench_vlm import build_bench_idefics3
 
 INSTRUCTION = ("Look at the single shape drawn on the light background and name it. A circle is round with no "
                "corners. A square has four equal sides and four right angles. A triangle has three sides and "
