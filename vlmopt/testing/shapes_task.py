@@ -1,11 +1,14 @@
-"""The micro-VLM's synthetic task: small shapes stacked in one column of a 3x3 grid.
+"""The micro-VLM's synthetic task: one small shape in a cell of a 3x3 grid.
 
-Every image answers two questions with the SAME label set ``"1" "2" "3"``: how many objects
-there are (``count``) and which column, from the left, they stand in (``column``). The count
-never equals the column, so an answer to the wrong question is always wrong. A closed label
+Every image answers two questions with the SAME label set ``"1" "2" "3"``: which row the object
+is in (counted from the top, ``row``) and which column (counted from the left, ``column``). The
+row never equals the column, so an answer to the wrong question is always wrong. A closed label
 set therefore cannot rescue a vague prompt: only the instruction (or demos labelled by one
 attribute) says which question is asked. That makes the prompt measurably matter, which is what
 the prompt optimizer's tests and the offline demo need.
+
+(Counting 1-3 objects against their column was tried first: with the instruction deciding the
+attribute, a 2-core CPU budget of ten minutes was not enough to learn it; row against column was.)
 
 The instruction lists are part of the task: the micro-VLM is trained on ``TRAIN`` phrasings and
 ``VAGUE`` ones (answered with either attribute at random), and evaluated on those plus the
@@ -13,8 +16,8 @@ The instruction lists are part of the task: the micro-VLM is trained on ``TRAIN`
 
 Example::
 
-    image, answers = draw_scene(random.Random(0))      # answers == {"count": "2", "column": "3"}
-    write_micro_task_dataset("/tmp/count", attribute="count", n_per_class=20)
+    image, answers = draw_scene(random.Random(0))      # answers == {"row": "2", "column": "3"}
+    write_micro_task_dataset("/tmp/rows", attribute="row", n_per_class=20)
 """
 
 from __future__ import annotations
@@ -27,36 +30,36 @@ from PIL import Image, ImageDraw
 from vlmopt.testing.images import SHAPES
 
 LABELS = ("1", "2", "3")
-ATTRIBUTES = ("count", "column")
+ATTRIBUTES = ("row", "column")
 IMAGE_SIDE = 64
 GRID = 3
 OBJECT_SIDE = (12, 18)
-"""Object side in px; a grid cell is 64 / 3 ~ 21 px, so objects never touch."""
+"""Object side in px; a grid cell is 64 / 3 ~ 21 px, so an object stays inside its cell."""
 _SHAPE_NAMES = ("circle", "square", "triangle", "diamond")
 
 TRAIN: dict[str, tuple[str, ...]] = {
-    "count": (
-        "How many objects are there?",
-        "Count the objects in the image.",
-        "How many shapes are in the picture?",
-        "Count the shapes and answer with the number.",
-        "What is the number of objects in the image?",
-        "How many things are drawn?",
+    "row": (
+        "In which row is the object?",
+        "Which row is the shape in? Rows are numbered 1 to 3 from the top.",
+        "Which row holds the object (1 = top, 2 = middle, 3 = bottom)?",
+        "Name the row of the shape.",
+        "In what row, counted from the top, is the object drawn?",
+        "Which of the three rows contains the shape?",
     ),
     "column": (
         "In which column is the object?",
-        "Which column are the shapes in? Columns are numbered 1 to 3 from the left.",
-        "Which column holds the objects (1 = left, 2 = middle, 3 = right)?",
-        "Name the column of the shapes.",
-        "In what column, counted from the left, are the objects drawn?",
-        "Which of the three columns contains the shapes?",
+        "Which column is the shape in? Columns are numbered 1 to 3 from the left.",
+        "Which column holds the object (1 = left, 2 = middle, 3 = right)?",
+        "Name the column of the shape.",
+        "In what column, counted from the left, is the object drawn?",
+        "Which of the three columns contains the shape?",
     ),
 }
 """Precise instructions the micro-VLM is trained on."""
 
 HELD_OUT: dict[str, tuple[str, ...]] = {
-    "count": ("Tell me how many objects the picture shows.",),
-    "column": ("Say which column the objects stand in.",),
+    "row": ("Say which row the object sits in.",),
+    "column": ("Say which column the object sits in.",),
 }
 """Precise instructions never seen in training (new sentences, same key words)."""
 
@@ -87,24 +90,22 @@ SYSTEM_FRAMES: tuple[str | None, ...] = (
 """Generic system prompts, used when the question goes in the image description instead."""
 
 
-def draw_scene(rng: random.Random, *, count: int | None = None, column: int | None = None
+def draw_scene(rng: random.Random, *, row: int | None = None, column: int | None = None
                ) -> tuple[Image.Image, dict[str, str]]:
-    """One image and its answers per attribute; unspecified values are drawn with ``count != column``."""
-    pairs = [(k, c) for k in range(1, GRID + 1) for c in range(1, GRID + 1) if k != c
-             and count in (None, k) and column in (None, c)]
-    if not pairs:
-        raise ValueError(f"no scene has count={count} and column={column} (they must differ, each in 1..{GRID})")
-    count, column = rng.choice(pairs)
+    """One image and its answers per attribute; unspecified values are drawn with ``row != column``."""
+    cells = [(r, c) for r in range(1, GRID + 1) for c in range(1, GRID + 1) if r != c
+             and row in (None, r) and column in (None, c)]
+    if not cells:
+        raise ValueError(f"no scene has row={row} and column={column} (they must differ, each in 1..{GRID})")
+    row, column = rng.choice(cells)
     image = Image.new("RGB", (IMAGE_SIDE, IMAGE_SIDE), tuple(rng.randint(225, 255) for _ in range(3)))
-    draw = ImageDraw.Draw(image)
     cell = IMAGE_SIDE / GRID
-    for row in sorted(rng.sample(range(GRID), count)):
-        side = rng.uniform(*OBJECT_SIDE)
-        x0 = (column - 1) * cell + rng.uniform(0, cell - side)
-        y0 = row * cell + rng.uniform(0, cell - side)
-        colour = tuple(rng.randint(0, 170) for _ in range(3))
-        SHAPES[rng.choice(_SHAPE_NAMES)](draw, (x0, y0, x0 + side, y0 + side), colour)
-    return image, {"count": str(count), "column": str(column)}
+    side = rng.uniform(*OBJECT_SIDE)
+    x0 = (column - 1) * cell + rng.uniform(1, cell - side - 1)  # 1 px margin: edges round outwards
+    y0 = (row - 1) * cell + rng.uniform(1, cell - side - 1)
+    colour = tuple(rng.randint(0, 170) for _ in range(3))
+    SHAPES[rng.choice(_SHAPE_NAMES)](ImageDraw.Draw(image), (x0, y0, x0 + side, y0 + side), colour)
+    return image, {"row": str(row), "column": str(column)}
 
 
 def eval_scenes(n: int, seed: int) -> list[tuple[Image.Image, dict[str, str]]]:
@@ -113,7 +114,7 @@ def eval_scenes(n: int, seed: int) -> list[tuple[Image.Image, dict[str, str]]]:
     return [draw_scene(rng) for _ in range(n)]
 
 
-def write_micro_task_dataset(out_dir: str | Path, *, attribute: str = "count", n_per_class: int = 20,
+def write_micro_task_dataset(out_dir: str | Path, *, attribute: str = "row", n_per_class: int = 20,
                              seed: int = 0) -> Path:
     """Write an image folder ``out_dir/<label>/<label>_NNN.png`` labelled by ``attribute``; return it.
 
