@@ -55,6 +55,7 @@ def test_hub_unreachable_fails_fast_and_names_the_offline_path(monkeypatch, tmp_
     assert time.monotonic() - started < 60
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "hub" in result.output.lower() and "microsoft/cats_vs_dogs" in result.output
+    assert "vlmopt demo --offline" in result.output
 
 
 def write_task(tmp_path: Path, model_dir: Path, data_dir: Path, **extra) -> Path:

@@ -52,7 +52,7 @@ ConfigArg = Annotated[Path, typer.Argument(help="Task config YAML (native or fla
 
 def user_errors(fn):
     """Turn the errors a user can act on into a one-line message and exit code 2."""
-    from vlmopt.errors import USER_ERRORS
+    from vlmopt.errors import HUB_ERRORS, OFFLINE_HINT, USER_ERRORS
     from vlmopt.evaluate import EvaluationInterrupted
 
     @functools.wraps(fn)
@@ -64,6 +64,8 @@ def user_errors(fn):
             raise typer.Exit(130 if exc.by_user else 2) from None
         except USER_ERRORS as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            if isinstance(exc, HUB_ERRORS):
+                err_console.print(OFFLINE_HINT, highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: finished predictions are kept in the run directory.")

@@ -11,7 +11,7 @@ import dspy
 
 from vlmopt.artifacts import ArtifactError
 from vlmopt.config import ConfigError
-from vlmopt.datasets.errors import DatasetError
+from vlmopt.datasets.errors import DatasetError, HubUnreachable
 from vlmopt.evaluate import EvaluationInterrupted
 from vlmopt.reports.run_dir import RunDirError
 from vlmopt.serving.model_loading import HubUnreachableError
@@ -28,3 +28,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     dspy.LMTransportError,  # an unreachable server: DSPy names host and port
     dspy.LMTimeoutError,
 )
+
+HUB_ERRORS: tuple[type[BaseException], ...] = (HubUnreachable, HubUnreachableError)
+"""The hub could not be reached (for the dataset or the model): the CLI names the offline path."""
+
+OFFLINE_HINT = "To check the whole pipeline without the hub: vlmopt demo --offline"
