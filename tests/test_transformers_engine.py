@@ -24,7 +24,8 @@ from PIL import Image
 from pydantic import BaseModel, TypeAdapter
 
 from vlmopt.serving.chat_inputs import chat_input_from_request, render_prompt
-from vlmopt.serving.label_scoring import prediction_probabilities, response_probabilities
+from vlmopt.serving.label_scoring import (ClassifierField, candidate_tokens, prediction_probabilities,
+                                         response_probabilities, score_candidates)
 from vlmopt.serving.model_loading import HubUnreachableError
 from vlmopt.serving.transformers_engine import TransformersEngine, create_lm
 
@@ -160,6 +161,36 @@ def test_label_probabilities_match_a_direct_computation(lm):
     expected = dict(zip(ANIMALS, torch.tensor(scores).softmax(0).tolist(), strict=True))
     got = prediction_probabilities(pred, ANIMALS)
     assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_prefix_reused_scores_equal_unpadded_per_label_forwards(lm):
+    """Prompts of different lengths and label sets share one pass; each score equals a plain forward."""
+    engine = lm.engine
+    jobs = [("Is it a cat?", ClassifierField("label", ANIMALS), "red"),
+            ("A much longer question about which colour this picture shows, please.",
+             ClassifierField("tone", ("warm", "cold")), "blue")]
+    prompts = [render_prompt(engine.processor, chat_input_from_request(Request(model=lm.model, messages=(
+        Message.user([TextPart(text), ImagePart(data=base64.b64encode(png(color)).decode(),
+                                                 media_type="image/png")]),)))) for text, _, color in jobs]
+    images = [[Image.open(io.BytesIO(png(color)))] for _, _, color in jobs]
+    candidates = [candidate_tokens(engine.tokenizer, field) for _, field, _ in jobs]
+    batch = engine._encode(prompts, images)
+    assert batch["attention_mask"].sum(1).tolist()[0] < batch["input_ids"].shape[1]  # left padding is exercised
+    inputs = {k: v for k, v in batch.items() if k != "token_type_ids"}
+    got = score_candidates(engine.model, inputs, candidates, pad_token_id=engine.pad_token_id)
+    with torch.inference_mode():
+        for prompt, image_list, cands, scores in zip(prompts, images, candidates, got, strict=True):
+            want = []
+            for answer in cands.tokens:
+                single = engine.processor(text=[prompt], images=[image_list], return_tensors="pt")
+                ids = torch.cat([single.pop("input_ids"), torch.tensor([answer])], dim=1)
+                single.pop("attention_mask")
+                single.pop("token_type_ids", None)
+                logprobs = engine.model(input_ids=ids, attention_mask=torch.ones_like(ids), **single).logits[0]
+                logprobs = logprobs.log_softmax(-1)
+                start = ids.shape[1] - len(answer)
+                want.append(sum(float(logprobs[start + t - 1, answer[t]]) for t in range(cands.shared, len(answer))))
+            assert scores == pytest.approx(want, abs=1e-4)
 
 
 def test_explicit_request_carries_the_measured_distribution(lm):

@@ -3,8 +3,9 @@
 When a request's schema has a single enum field (``{"label": "cat" | "dog" | ...}``), the model's
 distribution over the labels is measurable: the log-probability of each complete answer
 ``{"label":"cat"}`` (compact JSON, as the grammar would write it), summed over the tokens after
-the prefix all answers share, then a softmax over the labels. Every (request, label) row goes
-through the model in one left-padded forward pass; only the last few positions' logits are kept.
+the prefix all answers share, then a softmax over the labels. Each request's prompt (images and
+all) runs once; every label's answer is scored on top of its cached prefix (see
+:func:`score_candidates`).
 The engine answers with the most likely label, so the answer and its confidence agree.
 
 Where the distribution goes (DSPy 3.4.1), and why:
@@ -95,40 +96,42 @@ def candidate_tokens(tokenizer, field: ClassifierField) -> Candidates:
 
 
 @torch.inference_mode()
-def score_candidates(model, prompts: Sequence[Sequence[int]], candidates: Sequence[Candidates],
-                     model_inputs: Mapping[str, torch.Tensor], *, pad_token_id: int) -> list[list[float]]:
-    """Summed log-probs of every candidate continuation of every prompt, in ONE forward pass.
+def score_candidates(model, prompt_inputs: Mapping[str, torch.Tensor], candidates: Sequence[Candidates], *,
+                     pad_token_id: int) -> list[list[float]]:
+    """Summed log-probs of every candidate continuation of every prompt; each prompt runs ONCE.
 
-    ``prompts[i]`` are request i's prompt token ids (no padding); ``model_inputs`` are the
-    processor's extra tensors (pixel values ...) for the rows in order: request 0's labels, then
-    request 1's, ... Rows are left-padded so all answers end at the last position, which lets the
-    model keep logits only for the answer span.
+    ``prompt_inputs`` is the processor's left-padded batch, one row per request (input ids,
+    attention mask, pixel values ...). The prompts go through the model once, images and all,
+    keeping the cache; the cache is then repeated per label (``Cache.reorder_cache``: attention
+    keys/values and LFM2's conv states alike) and all labels' answers, right-padded, run as one
+    short continuation. 3 labels cost one prefill plus a few answer tokens, not 3 prefills.
+    Positions continue from the padded prompt width, as they would in one unsplit forward.
     """
-    rows = [list(prompt) + list(tokens) for prompt, cands in zip(prompts, candidates, strict=True)
-            for tokens in cands.tokens]
-    width = max(map(len, rows))
-    keep = max(len(tokens) - cands.shared for cands in candidates for tokens in cands.tokens) + 1
-    device = model.device
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, ids in enumerate(rows):
-        input_ids[row, width - len(ids):] = torch.tensor(ids)
-        attention_mask[row, width - len(ids):] = 1
-    output = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                   logits_to_keep=keep, **model_inputs)
-    logprobs = output.logits[:, -keep:, :].float().log_softmax(-1).cpu()
-    scores, row = [], 0
-    for cands in candidates:
-        per_label = []
-        for tokens in cands.tokens:
-            # logits at kept position j predict the token at absolute position width - keep + j + 1
-            total = 0.0
-            for index in range(cands.shared, len(tokens)):
-                position = width - len(tokens) + index
-                total += float(logprobs[row, position - 1 - (width - keep), tokens[index]])
-            per_label.append(total)
-            row += 1
-        scores.append(per_label)
+    prompt_inputs = dict(prompt_inputs)
+    prompt_mask = prompt_inputs["attention_mask"]
+    device = prompt_mask.device
+    prefill = model(**prompt_inputs, use_cache=True, logits_to_keep=1)
+    first = prefill.logits[:, -1, :].float().log_softmax(-1)  # predicts each answer's first token
+    rows = [(request, tokens) for request, cands in enumerate(candidates) for tokens in cands.tokens]
+    owner = torch.tensor([request for request, _ in rows], device=device)
+    cache = prefill.cache
+    cache.reorder_cache(owner)  # row r of the answers continues request owner[r]
+    width = max(len(tokens) for _, tokens in rows)
+    answer_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    answer_mask = torch.zeros((len(rows), width), dtype=prompt_mask.dtype)
+    for row, (_, tokens) in enumerate(rows):
+        answer_ids[row, :len(tokens)] = torch.tensor(tokens)
+        answer_mask[row, :len(tokens)] = 1
+    answer_ids = answer_ids.to(device)
+    output = model(input_ids=answer_ids, cache=cache, use_cache=True,
+                   attention_mask=torch.cat([prompt_mask.index_select(0, owner), answer_mask.to(device)], dim=1))
+    # answer token 0 is predicted by its prompt's last logits, token t > 0 by answer position t - 1
+    first = first.index_select(0, owner).gather(-1, answer_ids[:, :1]).squeeze(-1).tolist()
+    later = output.logits[:, :-1].float().log_softmax(-1).gather(-1, answer_ids[:, 1:, None]).squeeze(-1).tolist()
+    scores: list[list[float]] = [[] for _ in candidates]
+    for row, (request, tokens) in enumerate(rows):
+        picked = [first[row], *later[row]]
+        scores[request].append(sum(picked[t] for t in range(candidates[request].shared, len(tokens))))
     return scores
 
 

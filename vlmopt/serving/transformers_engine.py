@@ -8,8 +8,8 @@ loads any ``AutoModelForImageTextToText`` + ``AutoProcessor`` once and serves ev
 * **typed outputs** — a ``response_format`` JSON schema is enforced by an xgrammar grammar with
   compact whitespace, one matcher per batch row; see ``grammar``.
 * **label probabilities** — a single-enum schema (the classifier) is answered by scoring every
-  label in one batched forward pass: the most likely label, with the distribution attached; see
-  ``label_scoring``.
+  label: each prompt runs once, the labels' answers on top of its cache; the most likely label,
+  with the distribution attached; see ``label_scoring``.
 * greedy by default, seeded sampling when ``temperature > 0``; token usage in every Response.
 
 DSPy's cache keys on the model string, not the engine, so the model string names the exact
@@ -46,7 +46,8 @@ from vlmopt.serving.grammar import GrammarCompiler, GrammarLogitsProcessor
 from vlmopt.serving.model_loading import load_model, locate_model
 
 SCORE_ROWS_PER_PASS = 64
-"""Most (request, label) rows per scoring forward pass; a request's labels are never split."""
+"""Most (request, label) rows per scoring pass (each row holds a copy of its prompt's cache); a
+request's labels are never split."""
 
 _REFUSED_CONFIG = ("tool_choice", "reasoning", "cache", "frequency_penalty", "presence_penalty",
                    "service_tier", "user_id", "store", "extensions")
@@ -308,23 +309,20 @@ class TransformersEngine:
 
     def _score_pass(self, jobs: list[_Job]) -> list[_Result]:
         candidates = [self._candidate_tokens(job.classifier) for job in jobs]
-        counts = [len(c.tokens) for c in candidates]
-        batch = self._encode([job.prompt for job, n in zip(jobs, counts, strict=True) for _ in range(n)],
-                             [job.images for job, n in zip(jobs, counts, strict=True) for _ in range(n)])
-        starts = [sum(counts[:i]) for i in range(len(jobs))]
-        prompts = [batch["input_ids"][s][batch["attention_mask"][s].bool()].tolist() for s in starts]
-        extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "token_type_ids")}
-        scores = label_scoring.score_candidates(self.model, prompts, candidates, extra, pad_token_id=self.pad_token_id)
+        batch = self._encode([job.prompt for job in jobs], [job.images for job in jobs])
+        prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
+        inputs = {k: v for k, v in batch.items() if k != "token_type_ids"}
+        scores = label_scoring.score_candidates(self.model, inputs, candidates, pad_token_id=self.pad_token_id)
         self.stats.add(score_calls=1)
         results = []
-        for job, prompt, cands, job_scores in zip(jobs, prompts, candidates, scores, strict=True):
+        for job, prompt_length, cands, job_scores in zip(jobs, prompt_lengths, candidates, scores, strict=True):
             field = job.classifier
             probabilities = label_scoring.distribution(field, job_scores)
             label = _choose(field.labels, job_scores, job.temperature, job.seed)
             chosen = cands.tokens[field.labels.index(label)]
             logprobs = label_scoring.decision_logprobs(label, probabilities) if job.logprobs is not None else None
             results.append(_Result(parts=(label_scoring.answer_part(field, label, probabilities),),
-                                   finish_reason="stop", prompt_tokens=len(prompt),
+                                   finish_reason="stop", prompt_tokens=prompt_length,
                                    completion_tokens=len(chosen), logprobs=logprobs))
         return results
 
