@@ -68,7 +68,7 @@ def user_errors(fn):
                 err_console.print(OFFLINE_HINT, highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]: finished predictions are kept in the run directory.")
+            err_console.print("[yellow]interrupted[/]: results written so far are kept in the run directory.")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -289,14 +289,14 @@ def serve(
         limit_mm_per_prompt={"image": max_images}, enable_prefix_caching=True, compact_json=True,
         startup_timeout=startup_timeout,
     )
-    console.print(f"starting vLLM for [bold]{model}[/] (log: wait for /health) ...")
-    with server:
-        console.print(f"ready: base URL [bold]{server.base_url}[/]  (Ctrl-C to stop)")
-        console.print(f"use it: vlmopt evaluate CONFIG --base-url {server.base_url}")
-        try:
+    console.print(f"starting vLLM for [bold]{model}[/] (waiting for /health) ...")
+    try:
+        with server:
+            console.print(f"ready: base URL [bold]{server.base_url}[/]  (Ctrl-C to stop)")
+            console.print(f"use it: vlmopt evaluate CONFIG --base-url {server.base_url}")
             server.wait()
-        except KeyboardInterrupt:
-            console.print("stopping the server ...")
+    except KeyboardInterrupt:
+        pass  # leaving the `with` block stopped the server's whole process group
     console.print("server stopped")
 
 
