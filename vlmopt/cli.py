@@ -167,6 +167,12 @@ def optimize(
         return
     outcome = optimize_task(cfg, console=console)
     console.print(comparison_table(outcome))
+    from vlmopt.optimizers.mipro import demo_effect
+
+    effect = demo_effect(outcome.history)
+    if effect:
+        shown = ", ".join(f"{n} demos: {score:.3f}" for n, score in effect.items())
+        console.print(f"best val accuracy by number of demos (the effect of few-shot): {shown}")
     for note in outcome.notes:
         console.print(f"[yellow]note:[/] {note}")
     calls = "not counted by this backend" if outcome.model_calls is None else outcome.model_calls

@@ -24,7 +24,7 @@ from vlmopt.datasets import LoadedSplits, load_splits
 from vlmopt.evaluate import EvalOutcome, evaluate_program
 from vlmopt.metrics import metric_for, plot_confusion_matrix
 from vlmopt.optimizers.context_budget import max_demos_that_fit
-from vlmopt.optimizers.mipro import compile_comparison, run_mipro
+from vlmopt.optimizers.mipro import compile_comparison, demo_effect, run_mipro
 from vlmopt.optimizers.study import run_search, shared_lm_factory
 from vlmopt.optimizers.trial_program import demo_trainset, rebuild_trial
 from vlmopt.programs import create_program
@@ -193,7 +193,8 @@ def optimize_task(
     run.write_json("baseline_metrics.json", {**baseline["test"].metrics, "split": "test"})
     for name, outcome in comparisons.items():
         run.write_json(f"{name}_metrics.json", {**outcome.metrics, "split": "test"})
-    run.write_json("trials.json", {"instruction_candidates": winner.instruction_candidates, "trials": winner.history})
+    run.write_json("trials.json", {"instruction_candidates": winner.instruction_candidates,
+                                   "demo_effect": demo_effect(winner.history), "trials": winner.history})
     artifact = save_artifact(
         winner.program,
         winner.cfg,

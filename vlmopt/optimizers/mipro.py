@@ -187,3 +187,12 @@ def compile_comparison(
         raise ValueError(f"unknown comparison optimizer {name!r}; valid: labeled_fewshot, bootstrap_fewshot")
     with dspy.context(lm=lm):
         return optimizer.compile(program.deepcopy(), trainset=trainset)
+
+
+def demo_effect(history: list[dict[str, Any]]) -> dict[int, float]:
+    """Best full-val score per number of demos: does few-shot help this model at all?"""
+    best: dict[int, float] = {}
+    for row in history:
+        if row.get("scope") == "full" and "n_demos" in row:
+            best[row["n_demos"]] = max(best.get(row["n_demos"], 0.0), row["score"])
+    return dict(sorted(best.items()))
