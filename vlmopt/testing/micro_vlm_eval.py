@@ -70,7 +70,8 @@ def card_cases() -> list[Case]:
         cases.append(Case(f"demos/precise/{attribute}", "demos", attribute, shapes_task.TRAIN[attribute][0],
                           n_demos=N_DEMOS))
         cases.append(Case(f"demos/vague/{attribute}", "demos", attribute, shapes_task.VAGUE[0], n_demos=N_DEMOS))
-        cases += [Case(f"free_text/{c.name}", c.kind, attribute, c.system_prompt, structured=False)
+        # Free text: bare-label demos show the form (without demos the model writes the JSON it mostly saw).
+        cases += [Case(f"free_text/{c.name}", c.kind, attribute, c.system_prompt, n_demos=N_DEMOS, structured=False)
                   for c in headline_cases() if c.attribute == attribute and c.kind != "held_out"]
     return cases
 
@@ -134,7 +135,7 @@ beyond the task below.
 the row never equals the column. Trained prompts are rendered exactly as the
 project's programs render them (`make_signature` + `CompactAdapter` + the chat template):
 precise instructions answered by their attribute; vague ones ("Describe the image.") answered
-by either attribute at random, or by the attribute the demos are labelled with; the answer is
+by both attributes, half-half (or, with demos, by the attribute the demos are labelled with); the answer is
 compact JSON `{{"label":"2"}}`, or the bare label in a share of the prompts with demos (their
 bare-label demos show free-text decoding's form).
 
