@@ -33,7 +33,7 @@ def card() -> dict:
 
 @pytest.fixture(scope="module")
 def fresh() -> dict[str, dict]:
-    cases = headline_cases() + [Case("demos/vague/row", "demos", "row", shapes_task.VAGUE[0], n_demos=2)]
+    cases = headline_cases() + [Case("demos/vague/row", "demos_vague", "row", shapes_task.VAGUE[0], n_demos=2)]
     return {row["name"]: row for row in evaluate_micro_vlm(micro_vlm_dir(), n=N_FRESH, seed=FRESH_SEED, cases=cases)}
 
 
@@ -102,7 +102,8 @@ def test_training_runs_and_is_reproducible(tmp_path):
     first = train_micro_vlm(tmp_path / "a", seed=3, recipe=recipe, log_every=1)
     train_micro_vlm(tmp_path / "b", seed=3, recipe=recipe, log_every=1)
     assert first["steps"] == 3 and np.isfinite(first["final_loss"])
-    weights_a, weights_b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    weights_a = load_file(tmp_path / "a" / "model.safetensors")
+    weights_b = load_file(tmp_path / "b" / "model.safetensors")
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[name], weights_b[name]) for name in weights_a)
     AutoModelForImageTextToText.from_pretrained(tmp_path / "a")  # loads with the Auto classes

@@ -1,4 +1,4 @@
-"""The micro-VLM: a 0.5M-parameter Idefics3 (SmolVLM architecture) trained here, on CPU, in minutes.
+"""The micro-VLM: a 0.77M-parameter Idefics3 (SmolVLM architecture) trained here, on CPU, in minutes.
 
 The random-weight tiny VLMs check that the pipeline runs; they cannot show that a prompt
 *matters*. This model can: trained on the synthetic task in ``shapes_task`` (name the row / the
@@ -38,6 +38,7 @@ from vlmopt.config import TaskSpec
 from vlmopt.programs import CompactAdapter, make_signature
 from vlmopt.serving.chat_inputs import chat_input_from_request, render_prompt
 from vlmopt.testing import shapes_task
+from vlmopt.testing.micro_vlm_eval import evaluate_micro_vlm, write_model_card
 from vlmopt.testing.tiny_vlm import build_idefics3
 
 ASSET_DIR = Path(__file__).parent / "assets" / "micro_vlm"
@@ -172,7 +173,15 @@ def train_micro_vlm(out_dir: str | Path, *, seed: int = 0, recipe: Recipe = Reci
                     log_every: int = 100) -> dict:
     """Build the untrained checkpoint, train it on the task, save it to ``out_dir``; return training facts."""
     out_dir = Path(out_dir)
+    threads = torch.get_num_threads()
     torch.set_num_threads(recipe.threads)
+    try:
+        return _train(out_dir, seed, recipe, log_every)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(out_dir: Path, seed: int, recipe: Recipe, log_every: int) -> dict:
     build_untrained(out_dir, seed)
     processor = AutoProcessor.from_pretrained(out_dir)
     model = AutoModelForImageTextToText.from_pretrained(out_dir, dtype=torch.float32)
@@ -222,8 +231,6 @@ def main(argv: list[str] | None = None) -> None:
     facts = train_micro_vlm(args.out, seed=args.seed, recipe=Recipe(steps=args.steps))
     print(facts)
     if not args.no_eval:
-        from vlmopt.testing.micro_vlm_eval import evaluate_micro_vlm, write_model_card
-
         write_model_card(args.out, facts, evaluate_micro_vlm(args.out))
 
 
