@@ -13,7 +13,8 @@ import subprocess
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -80,26 +81,38 @@ def recording_proxy(vllm_server) -> Iterator[RecordingProxy]:
     """Sits between a client and the vLLM server, so tests see exactly what reaches the server."""
     proxy = RecordingProxy(upstream=vllm_server.root_url)
 
+    def handle(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        proxy.requests.append({"path": handler.path, "headers": dict(handler.headers), "body": json.loads(body)})
+        forward_to(proxy.upstream, handler, body)
+
+    with loopback_proxy(handle) as base_url:
+        proxy.base_url = base_url
+        yield proxy
+
+
+def forward_to(upstream: str, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    """POST ``body`` to the same path on ``upstream`` and relay the answer (errors included)."""
+    request = urllib.request.Request(upstream + handler.path, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            payload, status = response.read(), response.status
+    except urllib.error.HTTPError as error:
+        payload, status = error.read(), error.code
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
+@contextmanager
+def loopback_proxy(handle: Callable[[BaseHTTPRequestHandler, bytes], None]) -> Iterator[str]:
+    """A threaded HTTP server on 127.0.0.1 whose POSTs go to ``handle``; yields its ``/v1`` base URL."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's spelling)
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            proxy.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
-            forward = urllib.request.Request(
-                proxy.upstream + self.path,
-                data=body,
-                headers={"Content-Type": "application/json"},
-                method="POST",
-            )
-            try:
-                with urllib.request.urlopen(forward, timeout=300) as response:
-                    payload, status = response.read(), response.status
-            except urllib.error.HTTPError as error:
-                payload, status = error.read(), error.code
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            handle(self, self.rfile.read(int(self.headers["Content-Length"])))
 
         def log_message(self, *args: object) -> None:
             pass
@@ -107,9 +120,8 @@ def recording_proxy(vllm_server) -> Iterator[RecordingProxy]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    proxy.base_url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     try:
-        yield proxy
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -71,7 +71,7 @@ def kill_mid_trial(procs: list[subprocess.Popen], study_name: str, url: str, min
         try:
             study = optuna.load_study(study_name=study_name, storage=storage)
             mine = [t for t in admitted_running(study) if _pid(t) == victim.pid]
-        except OperationalError:  # frozen while holding SQLite's write lock
+        except (OperationalError, optuna.exceptions.StorageInternalError):  # frozen holding SQLite's write lock
             mine = []
         if mine:
             os.kill(victim.pid, signal.SIGKILL)

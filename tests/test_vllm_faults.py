@@ -7,10 +7,9 @@ forwards the first requests, then accepts connections and never answers.
 
 import json
 import threading
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fixtures_vllm import forward_to, loopback_proxy
 
 from vlmopt.config import parse_config
 from vlmopt.evaluate import EvaluationInterrupted
@@ -26,37 +25,20 @@ def hanging_proxy(vllm_server):
     """Forwards ``answer_first`` chat completions to vLLM, then hangs until the test ends."""
     state = {"answer_first": 5, "seen": 0, "lock": threading.Lock(), "release": threading.Event()}
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's spelling)
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            with state["lock"]:
-                state["seen"] += 1
-                forward = state["seen"] <= state["answer_first"]
-            if not forward:
-                state["release"].wait(120)
-                return
-            request = urllib.request.Request(vllm_server.root_url + self.path, data=body, method="POST",
-                                             headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=120) as response:
-                payload = response.read()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+    def handle(handler, body: bytes) -> None:
+        with state["lock"]:
+            state["seen"] += 1
+            forward = state["seen"] <= state["answer_first"]
+        if forward:
+            forward_to(vllm_server.root_url, handler, body)
+        else:
+            state["release"].wait(120)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    finally:
-        state["release"].set()
-        httpd.shutdown()
-        httpd.server_close()
+    with loopback_proxy(handle) as base_url:
+        try:
+            yield base_url
+        finally:
+            state["release"].set()
 
 
 def config(data_folder, tmp_path, base_url, model):
