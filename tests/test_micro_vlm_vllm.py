@@ -1,0 +1,45 @@
+"""The optimized micro-VLM artifact replayed through the real vLLM CPU server agrees with the
+in-process engine on at least 99% of images; each difference is listed in the failure message."""
+
+import pytest
+
+from vlmopt.config import parse_config
+from vlmopt.demo import offline_demo_config
+from vlmopt.pipeline import evaluate_task, optimize_task
+from vlmopt.serving.vllm_server import VLLMServer
+from vlmopt.testing.micro_vlm import micro_vlm_dir
+from vlmopt.testing.shapes_task import write_micro_task_dataset
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+
+def test_artifact_on_vllm_agrees_with_in_process(vllm_server, tmp_path):
+    outcome = optimize_task(offline_demo_config(tmp_path / "opt"))
+    data = write_micro_task_dataset(tmp_path / "replay", attribute="row", n_per_class=40, seed=7)
+    raw = outcome.run.path.joinpath("config.yaml")
+    base = parse_config({**_load(raw), "dataset": {"source": str(data), "kind": "imagefolder", "max_image_side": 64},
+                         "run": {"output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+                                 "num_threads": 4}})
+    _, local = evaluate_task(base, split="all", artifact=outcome.artifact)
+
+    with VLLMServer(str(micro_vlm_dir()), python=vllm_server.server.python, served_model_name="micro-vlm",
+                    limit_mm_per_prompt={"image": 4}, extra_args=["--enforce-eager"],
+                    log_path=tmp_path / "vllm.log") as server:
+        remote_cfg = parse_config({**base.model_dump(), "backend": {
+            "kind": "openai", "base_url": server.base_url, "served_model_name": "micro-vlm",
+            "label_probabilities": False, "timeout_s": 60}})
+        _, remote = evaluate_task(remote_cfg, split="all", artifact=outcome.artifact)
+
+    here = {r.id: r.predicted for r in local.records}
+    there = {r.id: r.predicted for r in remote.records}
+    assert set(here) == set(there) and len(here) == 120
+    differences = {i: (here[i], there[i]) for i in here if here[i] != there[i]}
+    agreement = 1 - len(differences) / len(here)
+    assert agreement >= 0.99, f"agreement {agreement:.3f}; differences (in-process, vLLM): {differences}"
+    assert remote.metrics["accuracy"] >= 0.9
+
+
+def _load(path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())
