@@ -270,7 +270,9 @@ def test_two_workers_share_one_sqlite_study_and_finish_n_trials_in_total(data, t
     numbers = {t.number for t in complete(study)}
     assert len(numbers) == 4
     mine = [set(o["complete"]) for o in outs]
-    assert mine[0] | mine[1] == numbers and not mine[0] & mine[1] and all(mine)
+    # Exactly N in total although each worker was asked for N: they shared one study. Which worker
+    # ran how many is up to the scheduler (under load one may run them all), so it is not asserted.
+    assert mine[0] | mine[1] == numbers and not mine[0] & mine[1]
     assert not study.get_trials(states=(TrialState.RUNNING,))
     assert_no_settings_twice(study)
     for trial in complete(study):
