@@ -119,6 +119,8 @@ def test_run_directory_holds_the_protocol(optimized):
     assert {row["id"] for row in rows} == test_ids and len(rows) == len(test_ids) == 12
     trials = json.loads((run / "trials.json").read_text())
     assert trials["demo_effect"]["0"] == 1.0  # GOOD needs no demos; zero-shot stays a candidate
+    report = (run / "report.html").read_text()
+    assert 'id="demo-effect"' in report and "Effect of few-shot demos" in report
     assert GOOD in trials["instruction_candidates"] and "Classify the animal." in trials["instruction_candidates"]
     prompt = json.loads((run / "prompt.json").read_text())
     assert prompt["messages"][0] == {"role": "system", "content": GOOD}

@@ -207,6 +207,7 @@ def render_report(view: RunView) -> str:
         pred_options=pred_options,
         baseline=metric_rows(view.baseline_metrics, view.metrics) if view.baseline_metrics else None,
         prompt=prompt_view(view.prompt),
+        demo_effect=view.demo_effect,
     )
 
 

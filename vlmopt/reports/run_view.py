@@ -35,6 +35,7 @@ from vlmopt.reports.run_dir import CONFIG, METRICS, RunDir
 
 BASELINE_METRICS = "baseline_metrics.json"
 PROMPT = "prompt.json"
+TRIALS = "trials.json"
 _KIND_OF_GOLD = {str: "single_label", list: "multi_label", dict: "multi_field"}
 
 
@@ -170,6 +171,7 @@ class RunView:
     config: dict[str, Any]
     baseline_metrics: dict[str, Any] | None
     prompt: Any | None
+    demo_effect: dict[str, float] | None = None  # optimize runs: best val score per demo count
 
     @property
     def name(self) -> str:
@@ -229,4 +231,5 @@ def load_run_view(run_dir: str | Path) -> RunView:
         config=config or {},
         baseline_metrics=_read_json(path / BASELINE_METRICS),
         prompt=_read_json(path / PROMPT),
+        demo_effect=(_read_json(path / TRIALS) or {}).get("demo_effect"),
     )
