@@ -87,11 +87,16 @@ def evaluate_task(
     )
     outcome.metrics.update(split=split, n_skipped=len(splits.skipped), split_sizes=splits.sizes())
     outcome.model_calls = _calls_since(lm, calls_before)
-    run.write_json(METRICS, outcome.metrics)
-    if "confusion" in outcome.metrics:
-        plot_confusion_matrix(outcome.metrics["confusion"], run.path / "confusion.png")
-    write_report(run.path)
+    _finish_run(run, outcome.metrics)
     return run, outcome
+
+
+def _finish_run(run: RunDir, metrics: dict[str, Any]) -> None:
+    """Last files of every run: ``metrics.json``, the confusion-matrix plot and ``report.html``."""
+    run.write_json(METRICS, metrics)
+    if "confusion" in metrics:
+        plot_confusion_matrix(metrics["confusion"], run.path / "confusion.png")
+    write_report(run.path)
 
 
 @dataclass
@@ -189,7 +194,6 @@ def optimize_task(
     sizes = splits.sizes()
     for outcome in (*baseline.values(), *optimized.values(), *comparisons.values()):
         outcome.metrics.update(split_sizes=sizes, n_skipped=len(splits.skipped))
-    run.write_json(METRICS, {**optimized["test"].metrics, "split": "test"})
     run.write_json("baseline_metrics.json", {**baseline["test"].metrics, "split": "test"})
     for name, outcome in comparisons.items():
         run.write_json(f"{name}_metrics.json", {**outcome.metrics, "split": "test"})
@@ -209,9 +213,7 @@ def optimize_task(
         provenance=provenance(winner.cfg, splits.fingerprint),
     )
     run.write_json("prompt.json", read_verified(artifact)["prompt"])
-    if "confusion" in optimized["test"].metrics:
-        plot_confusion_matrix(optimized["test"].metrics["confusion"], run.path / "confusion.png")
-    write_report(run.path)
+    _finish_run(run, {**optimized["test"].metrics, "split": "test"})
     calls = _calls_since(lm, calls_before)
     return OptimizeOutcome(run, baseline, optimized, winner.history, artifact, calls, winner.notes, comparisons)
 
