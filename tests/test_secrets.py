@@ -5,7 +5,6 @@ every request (which accepts any key), through the whole optimize protocol.
 """
 
 import logging
-from pathlib import Path
 
 import pytest
 

@@ -1,7 +1,6 @@
 """`vlmopt serve` starts a real vLLM server, reports its base URL once healthy, and stops on Ctrl-C."""
 
 import os
-import re
 import signal
 import subprocess
 import sys

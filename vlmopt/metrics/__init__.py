@@ -33,6 +33,7 @@ __all__ = [
     "INVALID",
     "OUTPUT_KINDS",
     "PredictionRecord",
+    "answer_correct",
     "bootstrap_mean_ci",
     "brier_score",
     "calibration",
