@@ -9,6 +9,8 @@ An artifact holds everything needed to reproduce the optimized classifier and to
 * ``program`` — the DSPy program state (instruction, demos with their images as data URIs);
 * ``prompt`` — the *rendered portable prompt*: the exact chat messages the adapter sends, demo
   images inline, the query image as the ``{image}`` slot, and the ``response_format``;
+* ``decision`` — null, or the calibrated label decision ReAnchor fitted on val: per-label weights
+  applied as ``argmax_k weights[k] * P(k)`` over the measured label distribution (format 2);
 * ``metrics`` — val and test metrics with split sizes; ``provenance`` — versions, config and
   split fingerprints, optimizer settings, seed;
 * ``sha256`` — over the canonical JSON of all of the above.
@@ -36,15 +38,15 @@ import dspy
 from dspy.adapters.json_adapter import _get_structured_outputs_response_format
 
 from vlmopt.config import TaskConfig, TaskSpec
-from vlmopt.datasets.images import JPEG_QUALITY
+from vlmopt.datasets.images import JPEG_QUALITY, serialized_image_url
 from vlmopt.programs import Classify, create_program
 from vlmopt.programs.signatures import make_signature
 
 FORMAT = "vlmopt.artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no ``decision`` section (the plain argmax)
 IMAGE_SLOT = "{image}"
 _SLOT_URL = "data:image/png;base64,aW1hZ2Utc2xvdA=="  # a marker, replaced by IMAGE_SLOT
-_TYPE_START, _TYPE_END = "<<CUSTOM-TYPE-START-IDENTIFIER>>", "<<CUSTOM-TYPE-END-IDENTIFIER>>"
 
 
 class ArtifactError(ValueError):
@@ -94,6 +96,18 @@ def render_prompt(program: Classify, structured: bool) -> dict[str, Any]:
     return prompt
 
 
+def decision_section(program: Classify) -> dict[str, Any] | None:
+    """The calibrated label decision, for the program and for apps that replay the prompt."""
+    if not program.label_weights:
+        return None
+    return {
+        "weights": dict(program.label_weights),
+        "rule": "label = argmax over labels k of weights[k] * P(k), P = the label distribution the backend "
+                "measures (per-label answer likelihood); ties go to the unweighted argmax",
+        "fitted_by": "dspy.experimental.ReAnchor on the val split",
+    }
+
+
 def task_section(task: TaskSpec, labels: list[str] | None) -> dict[str, Any]:
     signature = make_signature(task, labels)
     return {
@@ -137,6 +151,7 @@ def build_artifact(
         },
         "program": program.dump_state(),
         "prompt": render_prompt(program, cfg.task.structured_generation),
+        "decision": decision_section(program),
         "metrics": metrics,
         "provenance": provenance,
     }
@@ -164,10 +179,10 @@ def read_verified(path: str | Path) -> dict[str, Any]:
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a vlmopt artifact (format {content.get('format')!r})")
     version = content.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ArtifactError(
             f"{path}: artifact format version {version!r} is not supported by this vlmopt "
-            f"(supports {FORMAT_VERSION}); re-export it with a matching vlmopt version"
+            f"(supports {', '.join(map(str, READABLE_VERSIONS))}); re-export it with a matching vlmopt version"
         )
     expected = content.get("sha256")
     if expected != canonical_sha256(content):
@@ -181,9 +196,9 @@ def _restore_images(state: dict[str, Any]) -> dict[str, Any]:
     for predictor_state in state.values():
         for demo in predictor_state.get("demos", []):
             value = demo.get("image")
-            if isinstance(value, str) and value.startswith(_TYPE_START):
-                parts = json.loads(value[len(_TYPE_START) : -len(_TYPE_END)])
-                demo["image"] = parts[0]["image_url"]["url"]
+            url = serialized_image_url(value) if isinstance(value, str) else None
+            if url is not None:
+                demo["image"] = url
     return state
 
 
@@ -206,6 +221,11 @@ def load_artifact(path: str | Path, *, expected_labels: list[str] | None = None)
         normalize_labels=gen["normalize_labels"],
     )
     program = create_program(task, labels)
+    decision = content.get("decision")
+    if decision is not None:
+        if labels is None or not set(decision["weights"]) <= set(labels):
+            raise ArtifactError(f"{path}: the decision weights name labels outside the task's {labels}")
+        program.label_weights = dict(decision["weights"])
     state = _restore_images(content["program"])
     program.load_state(state)
     for demo_list in (p.demos for p in program.predictors()):

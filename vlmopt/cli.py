@@ -142,13 +142,15 @@ def optimize(
     search_trials: Annotated[Optional[int], typer.Option("--search", help="Outer Optuna trials over program choices (framing, reasoning, structured decoding, demos, image side, budget), each a MIPROv2 run.")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna RDB URL for the outer study (default: SQLite in the run directory; PostgreSQL to share it).")] = None,
     objective: Annotated[Optional[list[str]], typer.Option(help="Outer search objective, repeatable: accuracy, tokens, latency (two or more: Pareto front).")] = None,
+    calibrate: Annotated[Optional[bool], typer.Option("--calibrate/--no-calibrate", help="After the search, fit per-label decision weights on val with DSPy's ReAnchor over the measured label probabilities (kept only when they win); reports accuracy and calibration before and after.")] = None,
     worker: Annotated[bool, typer.Option("--worker", help="Only add trials to a shared study (needs --storage); no baseline, test or artifact.")] = False,
 ) -> None:
     """Search instructions and few-shot image demos (MIPROv2) on val; freeze the winner; report it on test.
 
     With --search N, an outer Optuna study also searches the program choices MIPROv2 does not;
     several `--worker` processes can share one study through --storage. A killed study resumes
-    with its finished trials when rerun against the same storage.
+    with its finished trials when rerun against the same storage. With --calibrate, DSPy's
+    ReAnchor then fits the label decision on val (calibration.json: before and after).
     """
     from vlmopt.pipeline import optimize_task
     from vlmopt.reports.comparison_table import comparison_table
@@ -157,7 +159,8 @@ def optimize(
     from vlmopt.config import parse_config
 
     raw = cfg.model_dump()
-    updates = {"search_trials": search_trials, "storage": storage, "search_objectives": objective}
+    updates = {"search_trials": search_trials, "storage": storage, "search_objectives": objective,
+               "calibrate": calibrate}
     raw["optimizer"].update({k: v for k, v in updates.items() if v is not None})
     if num_threads:
         raw["run"]["num_threads"] = num_threads
@@ -243,11 +246,15 @@ def export(
     import json
 
     from vlmopt.artifacts import load_artifact
-    from vlmopt.export import FORMATS, export as export_artifact
+    from vlmopt.export import FORMATS, decision_caveat, export as export_artifact
 
     if format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {format!r})")
-    text = json.dumps(export_artifact(load_artifact(artifact), format, model_name), indent=2, ensure_ascii=False)
+    frozen = load_artifact(artifact)
+    caveat = decision_caveat(frozen) if format == "openai-request" else None
+    if caveat:
+        err_console.print(f"[yellow]note:[/] {caveat}")
+    text = json.dumps(export_artifact(frozen, format, model_name), indent=2, ensure_ascii=False)
     if output is None:
         print(text)
     else:

@@ -178,6 +178,11 @@ class OptimizerConfig(_Section):
         description="Outer search objectives: val accuracy, optionally with tokens / latency per image (Pareto).",
     )
     storage: str | None = Field(None, description="Optuna RDB URL; default SQLite in the run directory.")
+    calibrate: bool = Field(
+        False,
+        description="After the search, fit per-label decision weights on val with DSPy's ReAnchor over the "
+        "measured label probabilities; kept only when they win.",
+    )
 
 
 class RunConfig(_Section):
@@ -213,6 +218,24 @@ class TaskConfig(_Section):
                     raise ValueError(
                         f"dataset.label_mapping maps to {unknown}, which task.labels {self.task.labels} lacks"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _calibration_is_measurable(self) -> TaskConfig:
+        if not self.optimizer.calibrate:
+            return self
+        needs = {
+            "task.output: single_label": self.task.output == "single_label",
+            "task.structured_generation: true": self.task.structured_generation,
+            "task.reasoning: false": not self.task.reasoning,
+            "backend.label_probabilities: true": self.backend.label_probabilities,
+        }
+        missing = [need for need, met in needs.items() if not met]
+        if missing:
+            raise ValueError(
+                "optimizer.calibrate fits decision weights on measured label probabilities, which needs "
+                f"{', '.join(missing)} (or set optimizer.calibrate: false)"
+            )
         return self
 
     def model_dump_yaml(self) -> str:

@@ -5,6 +5,10 @@ images inline), its ``response_format`` and generation settings, with the query 
 the ``{image}`` slot. An app fills the slot with a data URI and POSTs it to any
 OpenAI-compatible server (vLLM) — the same messages the DSPy program sends, so the same answers.
 
+A calibrated artifact (its ``decision`` holds ReAnchor's per-label weights) decides on the
+measured label distribution, which a plain chat completion does not return: ``prompt-json``
+carries the weights and the rule, and :func:`decision_caveat` says so for ``openai-request``.
+
 Example::
 
     body = fill_image(export_request(load_artifact("artifact.json")), "data:image/jpeg;base64,...")
@@ -43,6 +47,7 @@ def export_prompt(frozen: FrozenProgram) -> dict[str, Any]:
         "model": data["model"],
         "generation": data["generation"],
         "prompt": data["prompt"],
+        "decision": data.get("decision"),
         "artifact_sha256": data["sha256"],
     }
 
@@ -55,6 +60,18 @@ def export(frozen: FrozenProgram, fmt: str, model_name: str | None = None) -> di
     raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
 
 
+def decision_caveat(frozen: FrozenProgram) -> str | None:
+    """Why a chat-completions replay of a calibrated artifact can differ from the program, or None."""
+    decision = frozen.data.get("decision")
+    if not decision:
+        return None
+    return (
+        f"this artifact's label decision is calibrated (weights {decision['weights']}): a plain chat completion "
+        "returns the uncalibrated label. Apply the rule in `--format prompt-json` (decision) to the label "
+        "probabilities, or use `vlmopt predict`, to reproduce the program."
+    )
+
+
 def fill_image(body: dict[str, Any], image_url: str) -> dict[str, Any]:
     """A copy of a request template with the query image slot filled (what an app does per image)."""
     text = json.dumps(body, ensure_ascii=False)
@@ -64,4 +81,4 @@ def fill_image(body: dict[str, Any], image_url: str) -> dict[str, Any]:
     return json.loads(text.replace(slot, json.dumps(image_url)[1:-1]))
 
 
-__all__ = ["FORMATS", "export", "export_prompt", "export_request", "fill_image"]
+__all__ = ["FORMATS", "decision_caveat", "export", "export_prompt", "export_request", "fill_image"]

@@ -25,6 +25,7 @@ from vlmopt.evaluate import EvalOutcome, evaluate_program
 from vlmopt.metrics import metric_for, plot_confusion_matrix
 from vlmopt.optimizers.context_budget import max_demos_that_fit
 from vlmopt.optimizers.mipro import compile_comparison, demo_effect, run_mipro
+from vlmopt.optimizers.reanchor import Calibration, calibrate_decision, calibration_summary
 from vlmopt.optimizers.study import run_search, shared_lm_factory
 from vlmopt.optimizers.trial_program import demo_trainset, rebuild_trial
 from vlmopt.programs import create_program
@@ -109,6 +110,7 @@ class OptimizeOutcome:
     model_calls: int | None
     notes: list[str] = field(default_factory=list)
     comparisons: dict[str, EvalOutcome] = field(default_factory=dict)  # optimizer name -> its test run
+    argmax: dict[str, EvalOutcome] = field(default_factory=dict)  # before ReAnchor's weights, when they were kept
 
 
 def provenance(cfg: TaskConfig, split_fingerprint: str) -> dict[str, Any]:
@@ -145,6 +147,7 @@ class Winner:
     history: list[dict[str, Any]]
     instruction_candidates: list[str]
     notes: list[str]
+    calibration: Calibration | None = None
 
 
 def optimize_task(
@@ -161,7 +164,8 @@ def optimize_task(
     outer Optuna study over program choices, each trial a MIPROv2 run (``lm_factory`` builds the
     LM a trial's settings need). Writes the run directory: ``baseline/`` (the config's prompt on
     test), ``predictions.jsonl`` and ``metrics.json`` (the winner on test),
-    ``baseline_metrics.json``, ``trials.json``, ``prompt.json``, ``artifact.json``, ``report.html``.
+    ``baseline_metrics.json``, ``trials.json``, ``prompt.json``, ``artifact.json``, ``report.html``;
+    with ``optimizer.calibrate``, ``calibration.json`` (ReAnchor on val, before and after).
     """
     run, splits, lm, calls_before = _start_run(cfg, lm)
     threads = cfg.run.num_threads
@@ -180,10 +184,16 @@ def optimize_task(
     else:
         winner = _mipro_search(cfg, splits, program, trainset, lm, prompt_lm, metric)
     won = dict(lm=winner.lm, task=winner.cfg.task, **common)
-    optimized = {
-        "val": evaluate_program(winner.program, winner.splits.val, description="optimized val", **won),
-        "test": evaluate_program(winner.program, winner.splits.test, run=run, description="optimized test", **won),
-    }
+    optimized = {"val": evaluate_program(winner.program, winner.splits.val, description="optimized val", **won)}
+    argmax: dict[str, EvalOutcome] = {}  # the decision before ReAnchor's weights, when they were kept
+    uncalibrated = _calibrate(winner) if cfg.optimizer.calibrate else None
+    if uncalibrated is not None:
+        argmax["val"] = optimized["val"]
+        optimized["val"] = evaluate_program(winner.program, winner.splits.val, description="calibrated val", **won)
+    optimized["test"] = evaluate_program(winner.program, winner.splits.test, run=run, description="optimized test",
+                                         **won)
+    if uncalibrated is not None:  # the same test calls, replayed from the cache: only the decision differs
+        argmax["test"] = evaluate_program(uncalibrated, winner.splits.test, description="argmax test", **won)
     comparisons = {
         name: evaluate_program(
             compile_comparison(name, program, trainset, metric=metric, settings=cfg.optimizer, lm=lm),
@@ -192,11 +202,18 @@ def optimize_task(
         for name in cfg.optimizer.compare
     }
     sizes = splits.sizes()
-    for outcome in (*baseline.values(), *optimized.values(), *comparisons.values()):
+    for outcome in (*baseline.values(), *optimized.values(), *argmax.values(), *comparisons.values()):
         outcome.metrics.update(split_sizes=sizes, n_skipped=len(splits.skipped))
     run.write_json("baseline_metrics.json", {**baseline["test"].metrics, "split": "test"})
     for name, outcome in comparisons.items():
         run.write_json(f"{name}_metrics.json", {**outcome.metrics, "split": "test"})
+    calibration = calibration_summary(
+        winner.calibration,
+        before={s: (argmax.get(s) or optimized[s]).metrics for s in ("val", "test")},
+        after={s: optimized[s].metrics for s in ("val", "test")},
+    ) if winner.calibration else None
+    if calibration:
+        run.write_json("calibration.json", calibration)
     run.write_json("trials.json", {"instruction_candidates": winner.instruction_candidates,
                                    "demo_effect": demo_effect(winner.history), "trials": winner.history})
     artifact = save_artifact(
@@ -209,13 +226,33 @@ def optimize_task(
             "test": _metrics_summary(optimized["test"]),
             "baseline": {"val": _metrics_summary(baseline["val"]), "test": _metrics_summary(baseline["test"])},
             "split_sizes": sizes,
+            "calibration": {k: calibration[k] for k in ("kept", "weights", "val", "test")} if calibration else None,
         },
         provenance=provenance(winner.cfg, splits.fingerprint),
     )
     run.write_json("prompt.json", read_verified(artifact)["prompt"])
     _finish_run(run, {**optimized["test"].metrics, "split": "test"})
     calls = _calls_since(lm, calls_before)
-    return OptimizeOutcome(run, baseline, optimized, winner.history, artifact, calls, winner.notes, comparisons)
+    return OptimizeOutcome(run, baseline, optimized, winner.history, artifact, calls, winner.notes, comparisons,
+                           argmax)
+
+
+def _calibrate(winner: Winner) -> dspy.Module | None:
+    """ReAnchor on val; when its weights win, the winner decides with them from here on.
+
+    Returns the uncalibrated program (for the before/after comparison), or None when the
+    decision stays the plain argmax.
+    """
+    metric = metric_for(winner.cfg.task.output)
+    winner.calibration = calibrate_decision(winner.program, winner.splits.val, lm=winner.lm, metric=metric,
+                                            num_threads=winner.cfg.run.num_threads)
+    if winner.calibration.note:
+        winner.notes.append(winner.calibration.note)
+    if winner.calibration.weights is None:
+        return None
+    uncalibrated = winner.program.deepcopy()
+    winner.program.label_weights = winner.calibration.weights
+    return uncalibrated
 
 
 def _mipro_search(cfg, splits, program, trainset, lm, prompt_lm, metric) -> Winner:

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import warnings
 from pathlib import Path
 
 import dspy
 import numpy as np
+from dspy.adapters.types.base_type import CUSTOM_TYPE_END_IDENTIFIER, CUSTOM_TYPE_START_IDENTIFIER
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageSource = str | Path | bytes
@@ -119,6 +121,18 @@ def dspy_image_to_pil(image: dspy.Image) -> Image.Image:
     if not payload:
         raise ValueError(f"dspy.Image holds no inline data: {image.url[:60]!r}")
     return Image.open(io.BytesIO(base64.b64decode(payload)))
+
+
+def serialized_image_url(value: str) -> str | None:
+    """The URL inside a ``dspy.Image`` as DSPy serialises it (``program.save``, decision requests), else None.
+
+    DSPy 3.4 writes a custom type as its content parts between reserved markers; an image is one
+    ``image_url`` part.
+    """
+    if not (value.startswith(CUSTOM_TYPE_START_IDENTIFIER) and value.endswith(CUSTOM_TYPE_END_IDENTIFIER)):
+        return None
+    parts = json.loads(value[len(CUSTOM_TYPE_START_IDENTIFIER) : -len(CUSTOM_TYPE_END_IDENTIFIER)])
+    return parts[0]["image_url"]["url"]
 
 
 def downscale_dspy_image(image: dspy.Image, max_side: int) -> dspy.Image:

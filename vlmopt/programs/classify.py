@@ -10,6 +10,11 @@ Every prediction carries, besides the answer fields:
 * ``raw_output`` — the model's text, valid or not;
 * ``label_normalized`` — True when opt-in normalisation was needed to match a label.
 
+A program whose label decision was calibrated after the search (``label_weights``, fitted by
+DSPy's ReAnchor, see :mod:`vlmopt.optimizers.reanchor`) answers ``argmax_k w_k P(k)`` over the
+label distribution the backend measured, and carries that reweighted distribution as
+``label_probabilities``; it needs a backend that measures label probabilities.
+
 Example::
 
     program = create_program(cfg.task, labels=["cat", "dog"])
@@ -25,7 +30,12 @@ from dspy.utils.exceptions import AdapterParseError
 
 from vlmopt.config import TaskSpec
 from vlmopt.programs.adapter import NORMALIZED_KEY, RAW_KEY, create_adapter
+from vlmopt.programs.decision import UnmeasuredDecisionError, weighted_label
 from vlmopt.programs.signatures import answer_fields, make_signature
+from vlmopt.serving.label_scoring import prediction_probabilities
+
+PROBABILITIES_KEY = "label_probabilities"
+"""Prediction key of the distribution a calibrated decision was taken on."""
 
 
 class Classify(dspy.Module):
@@ -35,6 +45,7 @@ class Classify(dspy.Module):
         super().__init__()
         self.predict = dspy.ChainOfThought(signature) if reasoning else dspy.Predict(signature)
         self.adapter = adapter or create_adapter("compact", structured=True)
+        self.label_weights: dict[str, float] | None = None  # ReAnchor's fitted Choice weights, if kept
 
     @property
     def signature(self) -> type[dspy.Signature]:
@@ -50,7 +61,16 @@ class Classify(dspy.Module):
                 return self._invalid(err.lm_response)
         pred.valid = True
         pred[NORMALIZED_KEY] = bool(pred.get(NORMALIZED_KEY, False))
+        if self.label_weights:
+            self._decide(pred)
         return pred
+
+    def _decide(self, pred: dspy.Prediction) -> None:
+        """Replace the label by the calibrated decision over the measured distribution."""
+        probabilities = prediction_probabilities(pred)
+        if probabilities is None:
+            raise UnmeasuredDecisionError()
+        pred.label, pred[PROBABILITIES_KEY] = weighted_label(self.signature, probabilities, self.label_weights)
 
     def _invalid(self, raw: str | None) -> dspy.Prediction:
         answers = {name: None for name in answer_fields(self.signature)}

@@ -6,6 +6,10 @@ the real ``dspy.lm15.Request`` that DSPy builds (instructions, demo turns, decod
 answers through a Python function the test supplies. Everything above it — adapters, programs,
 Evaluate, MIPROv2, caching — runs for real.
 
+The function returns the answer text — or, for a classifier request, a label distribution
+(``{"cat": 0.3, "dog": 0.7}``), which the engine answers the way the real engines do: the most
+likely label, with the distribution attached as *measured* label probabilities.
+
 Example::
 
     engine = ScriptedEngine(lambda call: "cat" if call.query_image.getpixel((0, 0))[0] > 128 else "dog")
@@ -17,14 +21,15 @@ from __future__ import annotations
 import base64
 import io
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import dspy
-from dspy.lm15 import Message, Response, TextPart, Usage
-from dspy.lm15 import ImagePart
+from dspy.lm15 import ImagePart, Message, Response, TextPart, Usage
 from PIL import Image
+
+from vlmopt.serving import label_scoring
 
 
 @dataclass
@@ -54,12 +59,12 @@ def _decode(part: ImagePart) -> Image.Image:
 
 
 class ScriptedEngine:
-    """Answers each request with ``answer(ScriptedCall) -> str``; counts them in ``stats.requests``."""
+    """Answers each request with ``answer(ScriptedCall) -> str | {label: p}``; counts them in ``stats.requests``."""
 
     supports_response_schema = True
-    supported_params = frozenset({"response_format", "max_tokens", "temperature"})
+    supported_params = frozenset({"response_format", "max_tokens", "temperature", "logprobs", "top_logprobs"})
 
-    def __init__(self, answer: Callable[[ScriptedCall], str]):
+    def __init__(self, answer: Callable[[ScriptedCall], str | Mapping[str, float]]):
         self.answer = answer
         self.stats = SimpleNamespace(requests=0)  # same counter name as the in-process engine
         self._lock = threading.Lock()
@@ -75,11 +80,23 @@ class ScriptedEngine:
             call.turns.append((message.role, "\n".join(texts), images))
         with self._lock:
             self.stats.requests += 1
-        text = self.answer(call)
-        return Response(
-            id=None, model="scripted", message=Message.assistant([TextPart(text)]), finish_reason="stop",
-            usage=Usage(input_tokens=0, output_tokens=len(text.split()), total_tokens=len(text.split())),
-        )
+        answer = self.answer(call)
+        usage = Usage(input_tokens=0, output_tokens=1, total_tokens=1)
+        if isinstance(answer, Mapping):
+            return self._measured(request, answer, usage)
+        return Response(id=None, model="scripted", message=Message.assistant([TextPart(answer)]),
+                        finish_reason="stop", usage=usage)
+
+    @staticmethod
+    def _measured(request, probabilities: Mapping[str, float], usage: Usage) -> Response:
+        """A classifier answer as the real engines give it: the argmax label, its distribution attached."""
+        field = label_scoring.classifier_field(request.config.response_format)
+        if field is None or set(probabilities) != set(field.labels):
+            raise ValueError("a scripted distribution answers only a classifier request over the same labels")
+        label = max(field.labels, key=probabilities.get)
+        logprobs = label_scoring.decision_logprobs(label, probabilities) if request.config.logprobs is not None else None
+        return Response(id=None, model="scripted", finish_reason="stop", usage=usage, logprobs=logprobs,
+                        message=Message.assistant([label_scoring.answer_part(field, label, probabilities)]))
 
     def stream(self, request):
         raise NotImplementedError("the scripted test double does not stream")
@@ -90,4 +107,4 @@ class ScriptedEngine:
 
 def scripted_lm(engine: ScriptedEngine, name: str = "scripted", cache: bool = False) -> dspy.LM:
     """A ``dspy.LM`` over the scripted engine; ``name`` keeps DSPy's cache keys apart between scripts."""
-    return dspy.LM(f"vlmopt-test/{name}", engine=engine, cache=cache, temperature=0.0, max_tokens=64)
+    return dspy.LM(f"vlmopt-test/{name}", engine=engine, cache=cache, temperature=0.0, max_tokens=64, logprobs=True)
