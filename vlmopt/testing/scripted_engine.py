@@ -81,7 +81,8 @@ class ScriptedEngine:
         with self._lock:
             self.stats.requests += 1
         answer = self.answer(call)
-        usage = Usage(input_tokens=0, output_tokens=1, total_tokens=1)
+        words = 1 if isinstance(answer, Mapping) else len(answer.split())
+        usage = Usage(input_tokens=0, output_tokens=words, total_tokens=words)
         if isinstance(answer, Mapping):
             return self._measured(request, answer, usage)
         return Response(id=None, model="scripted", message=Message.assistant([TextPart(answer)]),
