@@ -10,6 +10,8 @@ real. The last test runs the measured-distribution client on the real in-process
 
 import json
 import math
+import html as html_lib
+import re
 
 import dspy
 import pytest
@@ -202,3 +204,13 @@ def test_measured_client_on_the_real_engine_answers_what_the_engine_measured(tin
     by_id = {record.id: record for record in recorded.records}
     for example in splits.val:
         assert client.measure(example.image.url) == pytest.approx(by_id[example.id].probabilities)
+
+
+def test_report_shows_the_calibration_before_and_after(calibrated):
+    _, outcome, _ = calibrated
+    html = (outcome.run.path / "report.html").read_text()
+    panel = html[html.index('id="calibration"'):]
+    panel = html_lib.unescape(re.sub(r"<[^>]+>", " ", panel[: panel.index("</section>")]))
+    before, after = outcome.argmax["test"].metrics["accuracy"], outcome.optimized["test"].metrics["accuracy"]
+    assert "kept" in panel and "cat" in panel
+    assert f"test (n={outcome.optimized['test'].metrics['n']})" in panel and f"{before:.3f} → {after:.3f}" in panel

@@ -208,6 +208,7 @@ def render_report(view: RunView) -> str:
         baseline=metric_rows(view.baseline_metrics, view.metrics) if view.baseline_metrics else None,
         prompt=prompt_view(view.prompt),
         demo_effect=view.demo_effect,
+        calibration=view.calibration,
     )
 
 

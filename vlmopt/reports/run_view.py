@@ -36,6 +36,7 @@ from vlmopt.reports.run_dir import CONFIG, METRICS, RunDir
 BASELINE_METRICS = "baseline_metrics.json"
 PROMPT = "prompt.json"
 TRIALS = "trials.json"
+CALIBRATION = "calibration.json"
 _KIND_OF_GOLD = {str: "single_label", list: "multi_label", dict: "multi_field"}
 
 
@@ -172,6 +173,7 @@ class RunView:
     baseline_metrics: dict[str, Any] | None
     prompt: Any | None
     demo_effect: dict[str, float] | None = None  # optimize runs: best val score per demo count
+    calibration: dict[str, Any] | None = None  # optimize --calibrate: ReAnchor's weights, before/after
 
     @property
     def name(self) -> str:
@@ -232,4 +234,5 @@ def load_run_view(run_dir: str | Path) -> RunView:
         baseline_metrics=_read_json(path / BASELINE_METRICS),
         prompt=_read_json(path / PROMPT),
         demo_effect=(_read_json(path / TRIALS) or {}).get("demo_effect"),
+        calibration=_read_json(path / CALIBRATION),
     )
