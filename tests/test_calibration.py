@@ -214,3 +214,18 @@ def test_report_shows_the_calibration_before_and_after(calibrated):
     before, after = outcome.argmax["test"].metrics["accuracy"], outcome.optimized["test"].metrics["accuracy"]
     assert "kept" in panel and "cat" in panel
     assert f"test (n={outcome.optimized['test'].metrics['n']})" in panel and f"{before:.3f} → {after:.3f}" in panel
+
+
+def test_a_backend_without_label_probabilities_is_refused_before_any_call(calibrated, tmp_path):
+    from typer.testing import CliRunner
+
+    _, outcome, _ = calibrated
+    image = next(iter(outcome.run.path.parent.parent.glob("data/cat/*.png")))
+    config = tmp_path / "no-probabilities.yaml"
+    config.write_text(json.dumps({"model": {"id": "scripted"}, "dataset": {"source": "-"},
+                                  "backend": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1",
+                                              "label_probabilities": False}}))
+    result = CliRunner().invoke(app, ["predict", str(image), "--artifact", str(outcome.artifact),
+                                      "--config", str(config), "-o", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 2 and "backend.label_probabilities: true" in " ".join(result.output.split())
+    assert not (tmp_path / "out.jsonl").exists()

@@ -95,11 +95,14 @@ def test_evaluate_writes_a_run_directory(tmp_path, tiny_idefics3_dir, synthetic_
 @pytest.mark.slow
 def test_optimize_then_export_predict_report(tmp_path, tiny_idefics3_dir, synthetic_data, bad_images):
     path = write_task(tmp_path, tiny_idefics3_dir, synthetic_data.folder)
-    result = invoke("optimize", str(path))
+    result = invoke("optimize", str(path), "--calibrate")
     assert result.exit_code == 0, result.output
     assert "baseline" in result.output and "optimized" in result.output
     (run,) = (tmp_path / "runs").iterdir()
     artifact = run / "artifact.json"
+    calibration = json.loads((run / "calibration.json").read_text())  # ReAnchor on the real engine's distributions
+    assert calibration["val"]["after"]["accuracy"] == json.loads(artifact.read_text())["metrics"]["val"]["accuracy"]
+    assert calibration["val"]["after"]["accuracy"] >= calibration["val"]["before"]["accuracy"]
 
     body_file = tmp_path / "request.json"
     assert invoke("export", "--artifact", str(artifact), "-o", str(body_file)).exit_code == 0

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from vlmopt.demo import BASELINE_PROMPT, offline_demo_config
-from vlmopt.pipeline import optimize_task
+from vlmopt.pipeline import evaluate_task, optimize_task
 
 
 @pytest.mark.slow
@@ -29,3 +29,26 @@ def test_optimize_on_the_micro_vlm_gains_at_least_30_points_on_test(tmp_path):
     assert "row" in chosen  # a precise instruction about the attribute the labels mean
     assert any(row["instruction"] == chosen and row["score"] == best for row in full)
     assert outcome.optimized["val"].metrics["accuracy"] == pytest.approx(best, abs=1e-3)
+
+
+WRONG = "In which column is the object?"  # the task asks for the row, which never equals the column
+
+
+@pytest.mark.slow
+def test_reanchor_recovers_accuracy_under_a_wrong_instruction_and_the_artifact_reproduces_it(tmp_path):
+    """A real measured case for ReAnchor: the argmax is ~always wrong, reweighting the labels is not."""
+    cfg = offline_demo_config(tmp_path)
+    cfg = cfg.model_copy(update={
+        "task": cfg.task.model_copy(update={"system_prompt": WRONG}),
+        "optimizer": cfg.optimizer.model_copy(update={
+            "instructions": [WRONG], "num_candidates": 1, "num_trials": 1, "max_bootstrapped_demos": 0,
+            "max_labeled_demos": 0, "calibrate": True}),
+    })
+    outcome = optimize_task(cfg)
+    assert outcome.argmax["test"].metrics["accuracy"] <= 0.1
+    assert outcome.optimized["test"].metrics["accuracy"] >= 0.25
+    assert outcome.optimized["val"].metrics["accuracy"] > outcome.argmax["val"].metrics["accuracy"]
+
+    _, again = evaluate_task(cfg, split="val", artifact=outcome.artifact)
+    assert again.metrics["accuracy"] == outcome.optimized["val"].metrics["accuracy"]
+    assert again.model_calls == 0  # the frozen, calibrated program replays the same measured calls

@@ -70,6 +70,15 @@ class FrozenProgram:
         return self.data["model"]["id"]
 
 
+def check_backend(frozen: FrozenProgram, cfg: TaskConfig) -> None:
+    """Refuse, before any call, a backend that cannot serve the artifact's calibrated decision."""
+    if frozen.program.label_weights and cfg.backend.kind == "openai" and not cfg.backend.label_probabilities:
+        raise ArtifactError(
+            "this artifact's label decision is calibrated (ReAnchor weights): it decides on measured label "
+            "probabilities, so set backend.label_probabilities: true for the openai backend"
+        )
+
+
 def canonical_sha256(content: dict[str, Any]) -> str:
     """sha256 of the canonical JSON (sorted keys, compact) of everything but the hash itself."""
     body = {k: v for k, v in content.items() if k != "sha256"}

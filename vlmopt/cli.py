@@ -212,7 +212,7 @@ def predict(
     num_threads: Annotated[int, typer.Option(help="Concurrent calls.")] = 4,
 ) -> None:
     """Classify image files with a frozen program; write id, label, confidence rows (JSONL or CSV)."""
-    from vlmopt.artifacts import load_artifact
+    from vlmopt.artifacts import check_backend, load_artifact
     from vlmopt.config import DatasetConfig, ModelConfig
     from vlmopt.predict import image_files, predict_files, write_rows
     from vlmopt.serving.factory import create_lm
@@ -225,6 +225,7 @@ def predict(
                             max_new_tokens=frozen.data["generation"]["max_new_tokens"])
         cfg = TaskConfig(model=model, dataset=DatasetConfig(source="-"), task=frozen.task)
     cfg = _with_backend(cfg, None, base_url)
+    check_backend(frozen, cfg)
     files = image_files(paths)
     rows, skipped = predict_files(frozen, files, lm=create_lm(cfg), max_side=cfg.dataset.max_image_side,
                                   num_threads=num_threads)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import dspy
 from rich.console import Console
 
-from vlmopt.artifacts import load_artifact, read_verified, save_artifact
+from vlmopt.artifacts import check_backend, load_artifact, read_verified, save_artifact
 from vlmopt.config import OptimizerConfig, TaskConfig
 from vlmopt.datasets import LoadedSplits, load_splits
 from vlmopt.evaluate import EvalOutcome, evaluate_program
@@ -71,6 +71,7 @@ def evaluate_task(
     examples = examples[:limit] if limit else examples
     if artifact is not None:
         frozen = load_artifact(artifact, expected_labels=splits.labels if cfg.task.output != "multi_field" else None)
+        check_backend(frozen, cfg)
         program, task = frozen.program, frozen.task
     else:
         program, task = create_program(cfg.task, splits.labels), cfg.task
