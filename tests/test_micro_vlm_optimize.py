@@ -34,16 +34,21 @@ def test_optimize_on_the_micro_vlm_gains_at_least_30_points_on_test(tmp_path):
 WRONG = "In which column is the object?"  # the task asks for the row, which never equals the column
 
 
-@pytest.mark.slow
-def test_reanchor_recovers_accuracy_under_a_wrong_instruction_and_the_artifact_reproduces_it(tmp_path):
-    """A real measured case for ReAnchor: the argmax is ~always wrong, reweighting the labels is not."""
-    cfg = offline_demo_config(tmp_path)
-    cfg = cfg.model_copy(update={
+def calibrated_config(workdir):
+    """The demo task under the wrong instruction only, no demos, with ReAnchor after the search."""
+    cfg = offline_demo_config(workdir)
+    return cfg.model_copy(update={
         "task": cfg.task.model_copy(update={"system_prompt": WRONG}),
         "optimizer": cfg.optimizer.model_copy(update={
             "instructions": [WRONG], "num_candidates": 1, "num_trials": 1, "max_bootstrapped_demos": 0,
             "max_labeled_demos": 0, "calibrate": True}),
     })
+
+
+@pytest.mark.slow
+def test_reanchor_recovers_accuracy_under_a_wrong_instruction_and_the_artifact_reproduces_it(tmp_path):
+    """A real measured case for ReAnchor: the argmax is ~always wrong, reweighting the labels is not."""
+    cfg = calibrated_config(tmp_path)
     outcome = optimize_task(cfg)
     assert outcome.argmax["test"].metrics["accuracy"] <= 0.1
     assert outcome.optimized["test"].metrics["accuracy"] >= 0.25
