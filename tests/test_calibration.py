@@ -229,3 +229,16 @@ def test_a_backend_without_label_probabilities_is_refused_before_any_call(calibr
                                       "--config", str(config), "-o", str(tmp_path / "out.jsonl")])
     assert result.exit_code == 2 and "backend.label_probabilities: true" in " ".join(result.output.split())
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_decision_weights_for_unknown_labels_are_refused_even_with_a_valid_hash(calibrated, tmp_path):
+    from vlmopt.artifacts import ArtifactError, canonical_sha256
+
+    _, outcome, _ = calibrated
+    data = json.loads(outcome.artifact.read_text())
+    data["decision"]["weights"] = {"fish": 2.0}
+    data["sha256"] = canonical_sha256(data)
+    forged = tmp_path / "artifact.json"
+    forged.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="outside the task"):
+        load_artifact(forged)
