@@ -8,7 +8,10 @@ and the untouched test split shows the gain.
 import json
 
 import pytest
+from typer.testing import CliRunner
 
+from vlmopt.cli import app
+from vlmopt.config import load_config
 from vlmopt.demo import BASELINE_PROMPT, offline_demo_config
 from vlmopt.pipeline import evaluate_task, optimize_task
 
@@ -47,13 +50,18 @@ def calibrated_config(workdir):
 
 @pytest.mark.slow
 def test_reanchor_recovers_accuracy_under_a_wrong_instruction_and_the_artifact_reproduces_it(tmp_path):
-    """A real measured case for ReAnchor: the argmax is ~always wrong, reweighting the labels is not."""
-    cfg = calibrated_config(tmp_path)
-    outcome = optimize_task(cfg)
-    assert outcome.argmax["test"].metrics["accuracy"] <= 0.1
-    assert outcome.optimized["test"].metrics["accuracy"] >= 0.25
-    assert outcome.optimized["val"].metrics["accuracy"] > outcome.argmax["val"].metrics["accuracy"]
+    """A real measured case for ReAnchor, through the CLI: the argmax is ~always wrong, reweighting is not."""
+    config = tmp_path / "wrong.yaml"
+    config.write_text(calibrated_config(tmp_path).model_dump_yaml())
+    result = CliRunner().invoke(app, ["optimize", str(config)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "argmax (n=24)" in said and "ReAnchor (n=24)" in said  # the closing table's two columns
+    (run,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run / "calibration.json").read_text())
+    assert summary["kept"] and summary["test"]["before"]["accuracy"] <= 0.1
+    assert summary["test"]["after"]["accuracy"] >= 0.25
 
-    _, again = evaluate_task(cfg, split="val", artifact=outcome.artifact)
-    assert again.metrics["accuracy"] == outcome.optimized["val"].metrics["accuracy"]
+    _, again = evaluate_task(load_config(config), split="val", artifact=run / "artifact.json")
+    assert again.metrics["accuracy"] == summary["val"]["after"]["accuracy"] > summary["val"]["before"]["accuracy"]
     assert again.model_calls == 0  # the frozen, calibrated program replays the same measured calls

@@ -43,8 +43,8 @@ from vlmopt.programs import Classify, create_program
 from vlmopt.programs.signatures import make_signature
 
 FORMAT = "vlmopt.artifact"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: no ``decision`` section (the plain argmax)
+FORMAT_VERSION = 2  # written when the artifact carries a calibrated ``decision``; 1 otherwise
+READABLE_VERSIONS = (1, 2)  # 1: no ``decision`` (the plain argmax), so older readers still load it
 IMAGE_SLOT = "{image}"
 _SLOT_URL = "data:image/png;base64,aW1hZ2Utc2xvdA=="  # a marker, replaced by IMAGE_SLOT
 
@@ -72,10 +72,16 @@ class FrozenProgram:
 
 def check_backend(frozen: FrozenProgram, cfg: TaskConfig) -> None:
     """Refuse, before any call, a backend that cannot serve the artifact's calibrated decision."""
-    if frozen.program.label_weights and cfg.backend.kind == "openai" and not cfg.backend.label_probabilities:
+    if not frozen.program.label_weights:
+        return
+    missing = [need for need, met in {
+        "task.structured_generation: true": cfg.task.structured_generation,
+        "backend.label_probabilities: true": cfg.backend.kind != "openai" or cfg.backend.label_probabilities,
+    }.items() if not met]
+    if missing:
         raise ArtifactError(
-            "this artifact's label decision is calibrated (ReAnchor weights): it decides on measured label "
-            "probabilities, so set backend.label_probabilities: true for the openai backend"
+            "this artifact's label decision is calibrated (ReAnchor weights): it decides on the label "
+            f"probabilities the backend measures, so set {' and '.join(missing)} in the config"
         )
 
 
@@ -136,9 +142,10 @@ def build_artifact(
     provenance: dict[str, Any],
 ) -> dict[str, Any]:
     """The artifact's content (hash included) for an optimized program."""
+    decision = decision_section(program)
     content = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if decision else 1,
         "task": task_section(cfg.task, labels),
         "model": {"id": cfg.model.id, "revision": cfg.model.revision},
         "generation": {
@@ -160,7 +167,7 @@ def build_artifact(
         },
         "program": program.dump_state(),
         "prompt": render_prompt(program, cfg.task.structured_generation),
-        "decision": decision_section(program),
+        "decision": decision,
         "metrics": metrics,
         "provenance": provenance,
     }

@@ -187,14 +187,12 @@ def optimize_task(
     won = dict(lm=winner.lm, task=winner.cfg.task, **common)
     optimized = {"val": evaluate_program(winner.program, winner.splits.val, description="optimized val", **won)}
     argmax: dict[str, EvalOutcome] = {}  # the decision before ReAnchor's weights, when they were kept
-    uncalibrated = _calibrate(winner) if cfg.optimizer.calibrate else None
-    if uncalibrated is not None:
-        argmax["val"] = optimized["val"]
-        optimized["val"] = evaluate_program(winner.program, winner.splits.val, description="calibrated val", **won)
+    uncalibrated = _calibrate(winner, optimized, argmax, won) if cfg.optimizer.calibrate else None
     optimized["test"] = evaluate_program(winner.program, winner.splits.test, run=run, description="optimized test",
                                          **won)
     if uncalibrated is not None:  # the same test calls, replayed from the cache: only the decision differs
-        argmax["test"] = evaluate_program(uncalibrated, winner.splits.test, description="argmax test", **won)
+        argmax["test"] = _replayed(
+            evaluate_program(uncalibrated, winner.splits.test, description="argmax test", **won), optimized["test"])
     comparisons = {
         name: evaluate_program(
             compile_comparison(name, program, trainset, metric=metric, settings=cfg.optimizer, lm=lm),
@@ -231,29 +229,49 @@ def optimize_task(
         },
         provenance=provenance(winner.cfg, splits.fingerprint),
     )
-    run.write_json("prompt.json", read_verified(artifact)["prompt"])
+    frozen = read_verified(artifact)  # apps replaying prompt.json need the calibrated decision too
+    decision = {"decision": frozen["decision"]} if frozen["decision"] else {}
+    run.write_json("prompt.json", {**frozen["prompt"], **decision})
     _finish_run(run, {**optimized["test"].metrics, "split": "test"})
     calls = _calls_since(lm, calls_before)
     return OptimizeOutcome(run, baseline, optimized, winner.history, artifact, calls, winner.notes, comparisons,
                            argmax)
 
 
-def _calibrate(winner: Winner) -> dspy.Module | None:
+def _calibrate(winner: Winner, optimized: dict[str, EvalOutcome], argmax: dict[str, EvalOutcome],
+               won: dict[str, Any]) -> dspy.Module | None:
     """ReAnchor on val; when its weights win, the winner decides with them from here on.
 
-    Returns the uncalibrated program (for the before/after comparison), or None when the
-    decision stays the plain argmax.
+    ReAnchor's baseline is the argmax of the measured distribution; the shipped program answers
+    with the generated label, which a server may pick slightly differently. So the weights are
+    kept only when the calibrated program also beats the generated labels on val. Returns the
+    uncalibrated program (its val outcome moved to ``argmax``), or None when nothing changed.
     """
     metric = metric_for(winner.cfg.task.output)
-    winner.calibration = calibrate_decision(winner.program, winner.splits.val, lm=winner.lm, metric=metric,
-                                            num_threads=winner.cfg.run.num_threads)
-    if winner.calibration.note:
-        winner.notes.append(winner.calibration.note)
-    if winner.calibration.weights is None:
-        return None
-    uncalibrated = winner.program.deepcopy()
-    winner.program.label_weights = winner.calibration.weights
+    result = calibrate_decision(winner.program, winner.splits.val, lm=winner.lm, metric=metric,
+                                num_threads=winner.cfg.run.num_threads)
+    winner.calibration = result
+    uncalibrated = None
+    if result.weights is not None:
+        uncalibrated = winner.program.deepcopy()
+        winner.program.label_weights = result.weights
+        calibrated = _replayed(
+            evaluate_program(winner.program, winner.splits.val, description="calibrated val", **won), optimized["val"])
+        if calibrated.metrics["accuracy"] > optimized["val"].metrics["accuracy"]:
+            argmax["val"], optimized["val"] = optimized["val"], calibrated
+        else:
+            winner.program.label_weights = None
+            result.weights, uncalibrated = None, None
+            result.note = "calibration: ReAnchor's weights did not beat the generated labels on val; not kept"
+    if result.note:
+        winner.notes.append(result.note)
     return uncalibrated
+
+
+def _replayed(outcome: EvalOutcome, calls: EvalOutcome) -> EvalOutcome:
+    """An evaluation replayed from the cache costs what the calls it replays cost (not cache lookups)."""
+    outcome.metrics.update({key: calls.metrics[key] for key in ("latency", "tokens")})
+    return outcome
 
 
 def _mipro_search(cfg, splits, program, trainset, lm, prompt_lm, metric) -> Winner:

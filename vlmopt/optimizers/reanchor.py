@@ -28,6 +28,7 @@ from typing import Any
 
 import dspy
 from dspy.experimental import ReAnchor
+from dspy.utils.parallelizer import ParallelExecutor
 
 from vlmopt.datasets.images import serialized_image_url
 from vlmopt.programs import Classify
@@ -35,6 +36,10 @@ from vlmopt.programs.signatures import answer_fields
 from vlmopt.serving.label_scoring import prediction_probabilities
 
 METHOD = "dspy.experimental.ReAnchor"
+UNMEASURED = (
+    "the backend measured no label distribution for the optimized program (needs a single-label task, "
+    "task.structured_generation on, reasoning off and backend.label_probabilities on)"
+)
 
 
 class UnmeasuredLabelsError(ValueError):
@@ -84,10 +89,7 @@ class MeasuredLabelClient:
             pred = self.program(image=dspy.Image(url))
         probabilities = prediction_probabilities(pred) if pred.get("valid", True) else None
         if probabilities is None:
-            raise UnmeasuredLabelsError(
-                "the backend measured no label distribution for the optimized program (needs a single-label "
-                "task, task.structured_generation on, reasoning off and backend.label_probabilities on)"
-            )
+            raise UnmeasuredLabelsError(UNMEASURED)
         with self._lock:
             self.measured[url] = probabilities
         return probabilities
@@ -103,26 +105,41 @@ def decision_view(program: Classify) -> dspy.Predict:
 def calibrate_decision(
     program: Classify, valset: list[dspy.Example], *, lm: dspy.LM, metric, num_threads: int
 ) -> Calibration:
-    """Run ReAnchor on ``valset`` over the measured distributions; never changes ``program``."""
+    """Run ReAnchor on ``valset`` over the measured distributions; never changes ``program``.
+
+    Every val image is measured first (cached calls); one without a distribution (an invalid
+    answer) is left out of the fit and counted in the note — it is wrong under any weights.
+    """
     if program.label_weights:
         raise ValueError("the program's decision is already calibrated")
     client = MeasuredLabelClient(program, lm)
-    try:
-        client.measure(valset[0].image.url)
-    except UnmeasuredLabelsError as err:
-        return Calibration(None, note=f"calibration skipped: {err}")
+    measured = _measurable(client, valset, num_threads)
+    if not measured:
+        return Calibration(None, note=f"calibration skipped: {UNMEASURED}")
     reanchor = ReAnchor(metric, num_threads=num_threads)
-    try:
-        with dspy.context(lm=client):
-            calibrated = reanchor.compile(decision_view(program), trainset=valset)
-    except Exception as err:  # DSPy's ParallelExecutor reports a failed pass only as "cancelled"
-        if "cancelled" not in str(err):
-            raise
-        return Calibration(None, note="calibration skipped: ReAnchor's pass over val failed (errors logged above)")
+    with dspy.context(lm=client):
+        calibrated = reanchor.compile(decision_view(program), trainset=measured)
     weights = (calibrated.fields.get(client.field) or {}).get("weights")
     kept = weights if weights and any(w != 1.0 for w in weights.values()) else None
-    note = None if kept else "calibration: ReAnchor kept the plain argmax (fitted weights did not win on val)"
-    return Calibration(kept, reanchor.report, note)
+    notes = [] if kept else ["calibration: ReAnchor kept the plain argmax (fitted weights did not win on val)"]
+    if len(measured) < len(valset):
+        notes.append(f"calibration fitted on {len(measured)} of {len(valset)} val images; the others had no "
+                     "measured label distribution (invalid answers)")
+    return Calibration(kept, reanchor.report, "; ".join(notes) or None)
+
+
+def _measurable(client: MeasuredLabelClient, valset: list[dspy.Example], num_threads: int) -> list[dspy.Example]:
+    """The val examples whose label distribution the backend measured (measured here, in parallel)."""
+
+    def measure(example: dspy.Example) -> bool:
+        try:
+            client.measure(example.image.url)
+        except UnmeasuredLabelsError:
+            return False
+        return True
+
+    executor = ParallelExecutor(num_threads=num_threads, max_errors=1, disable_progress_bar=True)
+    return [example for example, ok in zip(valset, executor.execute(measure, valset), strict=True) if ok]
 
 
 def decision_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

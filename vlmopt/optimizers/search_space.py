@@ -8,7 +8,8 @@ search budget MIPROv2 gets are choices *around* it; an outer Optuna study picks 
 Every dimension is a finite categorical (a grid), so a trial's settings are plain JSON values,
 duplicates are exact comparisons and the grid's size bounds how many distinct trials exist. The
 defaults come from the config (the config's value is always one of the choices); pin a dimension
-by giving it one choice.
+by giving it one choice. With ``optimizer.calibrate`` the space keeps what ReAnchor's measured
+label probabilities need: reasoning off, structured generation on.
 
 Example::
 
@@ -58,10 +59,12 @@ class SearchSpace:
         side = cfg.dataset.max_image_side
         candidates = opt.num_candidates or DEFAULT_NUM_CANDIDATES
         trials = opt.num_trials or max(2, candidates)
+        measured = opt.calibrate  # the config validator already holds these at False / True
         return cls(
             adapter=_config_first(cfg.task.adapter, ("compact", "dspy")),
-            reasoning=_config_first(cfg.task.reasoning, (False, True)),
-            structured_generation=_config_first(cfg.task.structured_generation, (True, False)),
+            reasoning=(False,) if measured else _config_first(cfg.task.reasoning, (False, True)),
+            structured_generation=(True,) if measured else _config_first(cfg.task.structured_generation,
+                                                                         (True, False)),
             max_labeled_demos=tuple(range(opt.max_labeled_demos + 1)),
             max_bootstrapped_demos=tuple(range(opt.max_bootstrapped_demos + 1)),
             max_image_side=_ascending(max(16, side // 2), side),

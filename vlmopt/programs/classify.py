@@ -30,12 +30,10 @@ from dspy.utils.exceptions import AdapterParseError
 
 from vlmopt.config import TaskSpec
 from vlmopt.programs.adapter import NORMALIZED_KEY, RAW_KEY, create_adapter
+from vlmopt.programs.confidence import PROBABILITIES_KEY
 from vlmopt.programs.decision import UnmeasuredDecisionError, weighted_label
 from vlmopt.programs.signatures import answer_fields, make_signature
 from vlmopt.serving.label_scoring import prediction_probabilities
-
-PROBABILITIES_KEY = "label_probabilities"
-"""Prediction key of the distribution a calibrated decision was taken on."""
 
 
 class Classify(dspy.Module):
@@ -70,7 +68,8 @@ class Classify(dspy.Module):
         probabilities = prediction_probabilities(pred)
         if probabilities is None:
             raise UnmeasuredDecisionError()
-        pred.label, pred[PROBABILITIES_KEY] = weighted_label(self.signature, probabilities, self.label_weights)
+        label, distribution = weighted_label(self.signature, probabilities, self.label_weights)
+        pred.label, pred[PROBABILITIES_KEY] = label, distribution
 
     def _invalid(self, raw: str | None) -> dspy.Prediction:
         answers = {name: None for name in answer_fields(self.signature)}

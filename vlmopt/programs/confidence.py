@@ -13,12 +13,15 @@ from typing import Any
 
 from vlmopt.serving.label_scoring import prediction_probabilities
 
+PROBABILITIES_KEY = "label_probabilities"
+"""Prediction key of the distribution a calibrated decision was taken on (set by ``Classify``)."""
+
 
 def label_confidence(pred: Any) -> tuple[dict[str, float] | None, float | None]:
     """``(probabilities, confidence)``: label -> p, and p of the answer given; (None, None) if unmeasured."""
     if not pred.get("valid", True):
         return None, None
-    probabilities = pred.get("label_probabilities") or prediction_probabilities(pred)
+    probabilities = pred.get(PROBABILITIES_KEY) or prediction_probabilities(pred)
     answer = pred.get("label")
     if not probabilities or not isinstance(answer, str):
         return None, None

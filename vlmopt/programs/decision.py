@@ -7,6 +7,9 @@ exactly as ReAnchor scored it (ties go to the unweighted winner, then declaratio
 
 The distribution it returns is the reweighted one, renormalised (``w_k p_k / sum_j w_j p_j``):
 the probabilities the decision was actually taken on, which the run records and ECE then use.
+The weights are fitted for accuracy, not for calibrated confidences, so ECE "after" scores a
+different distribution than ECE "before" (the measured one) and can get worse while accuracy
+improves (bench P8 shows both).
 
 Example::
 

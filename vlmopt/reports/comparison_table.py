@@ -39,8 +39,8 @@ def comparison_table(outcome) -> Table:
     columns.update({name: run.metrics for name, run in outcome.comparisons.items()})
     if outcome.argmax:
         columns["optimized, argmax"] = outcome.argmax["test"].metrics
-    columns["optimized" + (" + ReAnchor" if outcome.argmax else "")] = outcome.optimized["test"].metrics
-    sizes = columns["optimized"].get("split_sizes") or {}
+    columns["optimized + ReAnchor" if outcome.argmax else "optimized"] = outcome.optimized["test"].metrics
+    sizes = outcome.optimized["test"].metrics.get("split_sizes") or {}
     caption = ", ".join(f"{k} {v}" for k, v in sizes.items())
     table = Table(title="test split: baseline vs optimized", caption=f"split sizes: {caption}" if caption else None)
     table.add_column("metric")
@@ -51,5 +51,5 @@ def comparison_table(outcome) -> Table:
     val_runs = [outcome.baseline["val"], *(None for _ in outcome.comparisons),
                 *([outcome.argmax["val"]] if outcome.argmax else []), outcome.optimized["val"]]
     val_cells = ["-" if run is None else f"{run.metrics['accuracy']:.3f}" for run in val_runs]
-    table.add_row("val accuracy (selected on)", *val_cells)
+    table.add_row("val accuracy (selected / fitted on)", *val_cells)
     return table

@@ -95,7 +95,8 @@ class ScriptedEngine:
         if field is None or set(probabilities) != set(field.labels):
             raise ValueError("a scripted distribution answers only a classifier request over the same labels")
         label = max(field.labels, key=probabilities.get)
-        logprobs = label_scoring.decision_logprobs(label, probabilities) if request.config.logprobs is not None else None
+        wants_logprobs = request.config.logprobs is not None
+        logprobs = label_scoring.decision_logprobs(label, probabilities) if wants_logprobs else None
         return Response(id=None, model="scripted", finish_reason="stop", usage=usage, logprobs=logprobs,
                         message=Message.assistant([label_scoring.answer_part(field, label, probabilities)]))
 
