@@ -211,10 +211,9 @@ def create_vllm_lm(
 
     Arguments as in ``create_openai_lm``; log-probs are always on (they are what carries the
     distribution). Other requests (multi-label, multi-field, free text) are answered as by
-    ``create_openai_lm``.
+    ``create_openai_lm``. An unset ``api_key_env`` fails as there: the engine builds its
+    generating LM with it first.
     """
-    if api_key_env is not None and not os.environ.get(api_key_env):
-        raise ValueError(f"Environment variable {api_key_env} (the API key for {base_url}) is not set")
     engine = LabelProbabilityEngine(base_url, model, api_key_env=api_key_env, timeout=timeout)
     return dspy.LM(f"{MODEL_PREFIX}/{model}", engine=engine, temperature=temperature, max_tokens=max_tokens,
                    num_retries=num_retries, logprobs=True, cache=cache)
