@@ -1,5 +1,5 @@
-"""The colour task for the outer-study tests: image folder, config and a scripted VLM whose
-accuracy and answer length depend on the searched choices.
+"""The colour task for the optimize, calibration and outer-study tests: image folder, config and
+a scripted VLM whose accuracy and answer length depend on the searched choices.
 
 The scripted model (a test double at the model edge, see ``vlmopt.testing.scripted_engine``)
 answers in whatever format the request asks for — JSON under a response_format, DSPy's
@@ -30,17 +30,17 @@ VAGUE = "Answer with any label."
 PER_CLASS = 8
 
 
-def make_colour_folder(root: Path) -> Path:
-    """24 solid-colour 32x32 PNGs in class folders; image i of a class has its own shade."""
+def make_colour_folder(root: Path, per_class: int = PER_CLASS, step: int = 3) -> Path:
+    """Solid-colour 32x32 PNGs in class folders; image i of a class is its colour plus ``step * i``."""
     for label, rgb in COLOURS.items():
         (root / label).mkdir(parents=True, exist_ok=True)
-        for i in range(PER_CLASS):
-            Image.new("RGB", (32, 32), shade(rgb, i)).save(root / label / f"{label}_{i:02d}.png")
+        for i in range(per_class):
+            Image.new("RGB", (32, 32), shade(rgb, i, step)).save(root / label / f"{label}_{i:02d}.png")
     return root
 
 
-def shade(rgb: tuple[int, int, int], i: int) -> tuple[int, int, int]:
-    return tuple(min(255, c + 3 * i) for c in rgb)
+def shade(rgb: tuple[int, int, int], i: int, step: int = 3) -> tuple[int, int, int]:
+    return tuple(min(255, c + step * i) for c in rgb)
 
 
 def centre(image: Image.Image) -> tuple[int, int, int]:
@@ -52,11 +52,11 @@ def colour_of(image: Image.Image) -> str:
     return min(COLOURS, key=lambda k: sum(abs(x - y) for x, y in zip(COLOURS[k], rgb)))
 
 
-def study_config(folder: Path, workdir: Path, **optimizer) -> TaskConfig:
+def study_config(folder: Path, workdir: Path, *, seed: int = 5, **optimizer) -> TaskConfig:
     return parse_config(
         {
             "name": "colours",
-            "seed": 5,
+            "seed": seed,
             "model": {"id": "scripted"},
             "dataset": {"source": str(folder), "kind": "imagefolder", "max_image_side": 32},
             "task": {"labels": ["cat", "dog", "bird"], "system_prompt": "Classify the animal.",

@@ -11,22 +11,12 @@ from pathlib import Path
 
 import dspy
 import pytest
-from PIL import Image
+from study_task import GOOD, colour_of, make_colour_folder, study_config
 
 from vlmopt.artifacts import ArtifactError, load_artifact
-from vlmopt.config import parse_config
 from vlmopt.evaluate import evaluate_program
 from vlmopt.pipeline import optimize_task
 from vlmopt.testing.scripted_engine import ScriptedEngine, scripted_lm
-
-COLOURS = {"cat": (220, 30, 30), "dog": (30, 30, 220), "bird": (30, 200, 30)}
-GOOD = "Look at the colour: red is cat, blue is dog, green is bird."
-VAGUE = "Answer with any label."
-
-
-def colour_of(image: Image.Image) -> str:
-    r, g, b = image.getpixel((image.width // 2, image.height // 2))
-    return max(COLOURS, key=lambda k: -sum(abs(x - y) for x, y in zip(COLOURS[k], (r, g, b))))
 
 
 def scripted_vlm(call) -> str:
@@ -43,30 +33,11 @@ def scripted_vlm(call) -> str:
 
 @pytest.fixture(scope="module")
 def colour_folder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("colours")
-    for label, rgb in COLOURS.items():
-        (root / label).mkdir()
-        for i in range(10):
-            shade = tuple(min(255, c + 2 * i) for c in rgb)
-            Image.new("RGB", (32, 32), shade).save(root / label / f"{label}_{i:02d}.png")
-    return root
+    return make_colour_folder(tmp_path_factory.mktemp("colours"), per_class=10, step=2)
 
 
 def make_config(folder: Path, tmp_path: Path, **optimizer):
-    return parse_config(
-        {
-            "name": "colours",
-            "seed": 3,
-            "model": {"id": "scripted"},
-            "dataset": {"source": str(folder), "kind": "imagefolder", "max_image_side": 32},
-            "task": {"labels": ["cat", "dog", "bird"], "system_prompt": "Classify the animal.",
-                     "user_prompt": "Which animal is this?"},
-            "optimizer": {"auto": None, "num_candidates": 3, "num_trials": 6, "max_bootstrapped_demos": 1,
-                          "max_labeled_demos": 2, "minibatch": False, "prompt_model": "none",
-                          "instructions": [VAGUE, GOOD], **optimizer},
-            "run": {"output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"), "num_threads": 2},
-        }
-    )
+    return study_config(folder, tmp_path, seed=3, **{"num_trials": 6, **optimizer})
 
 
 @pytest.fixture(scope="module")
