@@ -8,25 +8,32 @@ every cat a dog. DSPy's ReAnchor, the pipeline, Evaluate, the cache and the arti
 real. The last test runs the measured-distribution client on the real in-process engine.
 """
 
+import html as html_lib
 import json
 import math
-import html as html_lib
 import re
 
 import dspy
 import pytest
+from rich.console import Console
 from study_task import GOOD, colour_of, make_colour_folder, study_config
+from typer.testing import CliRunner
 
-from vlmopt.artifacts import load_artifact
+from vlmopt.artifacts import ArtifactError, canonical_sha256, load_artifact
 from vlmopt.cli import app
 from vlmopt.config import ConfigError, parse_config
+from vlmopt.datasets import load_splits
+from vlmopt.datasets.images import dspy_image_to_pil
 from vlmopt.evaluate import evaluate_program
 from vlmopt.export import decision_caveat, export_prompt
 from vlmopt.metrics import metric_for
 from vlmopt.optimizers.reanchor import MeasuredLabelClient, calibrate_decision
+from vlmopt.optimizers.search_space import SearchSpace
 from vlmopt.pipeline import configure_cache, optimize_task
 from vlmopt.programs import create_program
 from vlmopt.programs.decision import UnmeasuredDecisionError, weighted_label
+from vlmopt.reports.comparison_table import comparison_table
+from vlmopt.serving.transformers_engine import create_lm
 from vlmopt.testing.scripted_engine import ScriptedEngine, scripted_lm
 
 LABELS = ["cat", "dog", "bird"]
@@ -98,7 +105,6 @@ def test_reloaded_artifact_reproduces_the_calibrated_val_accuracy(calibrated):
     frozen = load_artifact(outcome.artifact, expected_labels=LABELS)
     assert frozen.program.label_weights == json.loads(outcome.artifact.read_text())["decision"]["weights"]
     val = outcome.optimized["val"]
-    from vlmopt.datasets import load_splits
 
     splits = load_splits(cfg)
     again = evaluate_program(frozen.program, splits.val, lm=scripted_lm(engine, name="leans-to-dog", cache=True),
@@ -117,8 +123,6 @@ def test_calibration_adds_no_model_calls(calibrated, tmp_path):
 
 
 def test_export_carries_the_decision_and_warns_for_a_plain_request(calibrated):
-    from typer.testing import CliRunner
-
     _, outcome, _ = calibrated
     frozen = load_artifact(outcome.artifact)
     assert export_prompt(frozen)["decision"]["weights"] == frozen.program.label_weights
@@ -144,7 +148,6 @@ def test_unmeasured_distribution_is_a_note_not_a_crash(tmp_path):
     cfg = colour_config(tmp_path, calibrate=True)
     configure_cache(cfg)
     engine = ScriptedEngine(lambda call: json.dumps({"label": colour_of(call.query_image)}))
-    from vlmopt.datasets import load_splits
 
     program = create_program(cfg.task, LABELS)
     result = calibrate_decision(program, load_splits(cfg).val, lm=scripted_lm(engine, name="text-only"),
@@ -155,7 +158,6 @@ def test_unmeasured_distribution_is_a_note_not_a_crash(tmp_path):
 def test_calibrated_program_refuses_an_unmeasured_prediction(tmp_path):
     cfg = colour_config(tmp_path)
     configure_cache(cfg)
-    from vlmopt.datasets import load_splits
 
     program = create_program(cfg.task, LABELS)
     program.label_weights = {"cat": 2.0, "dog": 1.0, "bird": 1.0}
@@ -194,8 +196,6 @@ def test_calibrate_config_names_what_it_needs(task, backend, missing):
 def test_measured_client_on_the_real_engine_answers_what_the_engine_measured(tiny_idefics3_dir, synthetic_data,
                                                                           tmp_path):
     """ReAnchor over the in-process engine: the distributions it decides on are the recorded ones."""
-    from vlmopt.datasets import load_splits
-    from vlmopt.serving.transformers_engine import create_lm
 
     cfg = parse_config({"dataset": {"source": str(synthetic_data.folder), "kind": "imagefolder", "max_image_side": 64},
                         "run": {"cache_dir": str(tmp_path / "cache")}, "optimizer": {"calibrate": True}})
@@ -231,8 +231,6 @@ def test_report_shows_the_calibration_before_and_after(calibrated):
     ],
 )
 def test_a_backend_without_label_probabilities_is_refused_before_any_call(calibrated, tmp_path, settings, fix):
-    from typer.testing import CliRunner
-
     _, outcome, _ = calibrated
     image = next(iter(outcome.run.path.parent.parent.glob("data/cat/*.png")))
     config = tmp_path / "no-probabilities.yaml"
@@ -244,8 +242,6 @@ def test_a_backend_without_label_probabilities_is_refused_before_any_call(calibr
 
 
 def test_decision_weights_for_unknown_labels_are_refused_even_with_a_valid_hash(calibrated, tmp_path):
-    from vlmopt.artifacts import ArtifactError, canonical_sha256
-
     _, outcome, _ = calibrated
     data = json.loads(outcome.artifact.read_text())
     data["decision"]["weights"] = {"fish": 2.0}
@@ -257,9 +253,7 @@ def test_decision_weights_for_unknown_labels_are_refused_even_with_a_valid_hash(
 
 
 def test_closing_table_sets_the_argmax_beside_the_calibrated_decision(calibrated):
-    from rich.console import Console
 
-    from vlmopt.reports.comparison_table import comparison_table
 
     _, outcome, _ = calibrated
     console = Console(width=250, record=True)
@@ -273,7 +267,6 @@ def test_closing_table_sets_the_argmax_beside_the_calibrated_decision(calibrated
 def test_invalid_val_answers_are_left_out_of_the_fit_and_counted(tmp_path):
     cfg = colour_config(tmp_path, calibrate=True)
     configure_cache(cfg)
-    from vlmopt.datasets import load_splits
 
     val = load_splits(cfg).val
     odd = val[0].image.url
@@ -291,14 +284,10 @@ def test_invalid_val_answers_are_left_out_of_the_fit_and_counted(tmp_path):
 
 
 def dspy_image_pixel(url):
-    from vlmopt.datasets.images import dspy_image_to_pil
-
     return dspy_image_to_pil(dspy.Image(url)).convert("RGB").getpixel((0, 0))
 
 
 def test_outer_search_keeps_what_calibration_needs(tmp_path):
-    from vlmopt.optimizers.search_space import SearchSpace
-
     space = SearchSpace.from_config(colour_config(tmp_path, calibrate=True))
     assert space.reasoning == (False,) and space.structured_generation == (True,)
     free = SearchSpace.from_config(colour_config(tmp_path / "free"))
