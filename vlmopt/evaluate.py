@@ -21,7 +21,13 @@ from typing import Any
 
 import dspy
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from vlmopt.config import TaskSpec
 from vlmopt.metrics import answer_correct, compute_metrics
@@ -76,20 +82,58 @@ def _usage(pred: dspy.Prediction) -> tuple[int | None, int | None]:
     return prompt, completion
 
 
+class _Tally:
+    """The evaluation's shared results, closed the moment ``dspy.Evaluate`` hands back.
+
+    DSPy's executor shuts its thread pool down without waiting, so after a cancellation (or a
+    straggler resubmission) a worker can still finish while the caller reads the results. Every
+    write takes the lock and is dropped once the tally is closed; the caller reads a frozen copy.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.records: list[PredictionRecord] = []
+        self.errors: dict[str, str] = {}
+        self.n_correct = 0
+        self._closed = False
+
+    def add_record(self, record: PredictionRecord, correct: bool, run: RunDir | None) -> tuple[int, float] | None:
+        """Keep one scored record (and write it to the run): (done, running accuracy), None once closed."""
+        with self._lock:
+            if self._closed:
+                return None
+            self.records.append(record)
+            self.n_correct += correct
+            if run is not None:
+                run.append_prediction(record)
+            return len(self.records), self.n_correct / len(self.records)
+
+    def add_error(self, item_id: str, reason: str) -> None:
+        with self._lock:
+            if not self._closed:
+                self.errors[item_id] = reason
+
+    def close(self) -> tuple[list[PredictionRecord], dict[str, str]]:
+        """Stop taking results; the records and errors as they stand."""
+        with self._lock:
+            self._closed = True
+            return list(self.records), dict(self.errors)
+
+
 class _Timed(dspy.Module):
     """Runs the program on one example and times it; ``id`` rides along so failures are named."""
 
-    def __init__(self, program: dspy.Module, errors: dict[str, str]):
+    def __init__(self, program: dspy.Module, tally: _Tally):
         super().__init__()
         self.program = program
-        self._errors = errors
+        self._tally = tally
 
     def forward(self, image: dspy.Image, id: str) -> dspy.Prediction:  # noqa: A002 - the example's key
         start = time.perf_counter()
         try:
             pred = self.program(image=image)
         except Exception as exc:  # noqa: BLE001 - recorded per item, the run goes on
-            self._errors[id] = f"{type(exc).__name__}: {exc}"
+            self._tally.add_error(id, f"{type(exc).__name__}: {exc}")
             raise
         pred.latency_s = time.perf_counter() - start
         return pred
@@ -148,10 +192,7 @@ def evaluate_program(
     failing, instead of grinding through every remaining item; the finished rows are kept and
     :class:`EvaluationInterrupted` names how many were done.
     """
-    records: list[PredictionRecord] = []
-    errors: dict[str, str] = {}
-    n_correct = [0]
-    lock = threading.Lock()
+    tally = _Tally()
     started = time.perf_counter()
 
     with _progress(console) as progress:
@@ -160,14 +201,14 @@ def evaluate_program(
         def metric(example: dspy.Example, pred: dspy.Prediction, trace=None) -> float:
             record = make_record(example, pred, task)
             correct = answer_correct(record.gold, record.predicted, task.output)
-            with lock:
-                records.append(record)
-                n_correct[0] += correct
-                if run is not None:
-                    run.append_prediction(record)
-                done = len(records)
-                acc = n_correct[0] / done
-                progress.update(bar, advance=1, rate=done / (time.perf_counter() - started), acc=f"{acc:.3f}")
+            if (running := tally.add_record(record, correct, run)) is not None:
+                done, acc = running
+                progress.update(
+                    bar,
+                    advance=1,
+                    rate=done / (time.perf_counter() - started),
+                    acc=f"{acc:.3f}",
+                )
             return float(correct)
 
         max_errors = max_errors if max_errors is not None else max(5, len(examples) // 10)
@@ -181,10 +222,11 @@ def evaluate_program(
         )
         try:
             with dspy.context(lm=lm, track_usage=True):
-                evaluator(_Timed(program, errors))
+                evaluator(_Timed(program, tally))
         except Exception as exc:
             if "cancelled" not in str(exc):
                 raise
+            records, errors = tally.close()
             _record_failures(run, errors)
             by_user = len(errors) < max_errors
             cause = "interrupted" if by_user else "too many failed items"
@@ -195,9 +237,14 @@ def evaluate_program(
                 by_user=by_user,
             ) from None
 
+    records, errors = tally.close()
     _record_failures(run, errors)
     metrics = compute_metrics(
-        records, output_kind=task.output, labels=labels or task.labels, fields=task.fields, seed=seed
+        records,
+        output_kind=task.output,
+        labels=labels or task.labels,
+        fields=task.fields,
+        seed=seed,
     )
     metrics["n_failed"] = len(errors)
     return EvalOutcome(records=records, failed_ids=list(errors), metrics=metrics, errors=errors)

@@ -1,0 +1,60 @@
+"""The evaluator loop's own guarantees, with a hand-written program standing where a VLM would."""
+
+import threading
+
+import dspy
+import pytest
+from PIL import Image
+
+from vlmopt.config import TaskSpec
+from vlmopt.datasets.images import dspy_image_to_pil, to_dspy_image
+from vlmopt.evaluate import EvaluationInterrupted, evaluate_program
+from vlmopt.reports.run_dir import RunDir
+
+TASK = TaskSpec(labels=["red", "blue"])
+
+
+class SlowBlueBrokenRed(dspy.Module):
+    """Fails every red image at once; holds every blue one until ``release`` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+        self.blue_started = threading.Event()
+
+    def forward(self, image: dspy.Image) -> dspy.Prediction:
+        if dspy_image_to_pil(image).getpixel((0, 0))[0] > 128:
+            self.blue_started.wait(timeout=10)  # the slow item is in flight before the failures cancel the run
+            raise RuntimeError("backend down")
+        self.blue_started.set()
+        assert self.release.wait(timeout=30), "the test never released the slow item"
+        return dspy.Prediction(label="blue", valid=True)
+
+
+def examples(colours):
+    rgb = {"red": (255, 0, 0), "blue": (0, 0, 255)}
+    return [
+        dspy.Example(id=f"{c}/{i}", label=c, image=to_dspy_image(Image.new("RGB", (8, 8), rgb[c])))
+        for i, c in enumerate(colours)
+    ]
+
+
+def test_a_worker_finishing_after_the_cancel_changes_neither_the_outcome_nor_the_run(tmp_path):
+    """DSPy shuts its pool down without waiting, so a slow item can finish after the run was
+    cancelled. Its row must not land after the summary was read (that raced: 'dictionary changed
+    size during iteration'), so the message, predictions.jsonl and failures.jsonl agree."""
+    program = SlowBlueBrokenRed()
+    run = RunDir.create(tmp_path, "cancel")
+    before = set(threading.enumerate())
+    with pytest.raises(EvaluationInterrupted) as stopped:
+        evaluate_program(program, examples(["blue", "red", "red", "red", "red"]), lm=None, task=TASK,
+                         run=run, num_threads=2, max_errors=2)
+    program.release.set()
+    for worker in set(threading.enumerate()) - before:
+        if worker.name.startswith("ThreadPoolExecutor"):  # DSPy's pool; tqdm's monitor never ends
+            worker.join(timeout=30)
+    said = str(stopped.value)
+    assert "too many failed items" in said and "after 0 of 5 items" in said
+    assert run.predictions() == []  # the blue row that finished late was not written behind the summary
+    failed = [row["id"] for row in run.failures()]
+    assert f"({len(failed)} failed;" in said and set(failed) <= {"red/1", "red/2", "red/3", "red/4"}
