@@ -35,6 +35,7 @@ from pathlib import Path
 
 import dspy
 import httpx
+from p7_backends import LABELS, SERVED_NAME, TASK, bench_images  # bench/ is on sys.path
 from rich.console import Console
 
 from vlmopt.artifacts import render_prompt
@@ -43,9 +44,6 @@ from vlmopt.export import fill_image
 from vlmopt.programs import create_program
 from vlmopt.serving.openai_lm import create_openai_lm
 from vlmopt.serving.vllm_server import VLLMServer
-
-from p7_backends import LABELS, SERVED_NAME, TASK, bench_images  # bench/ is on sys.path
-
 from vlmopt.testing.bench_vlm import build_bench_idefics3
 
 INSTRUCTION = ("Look at the single shape drawn on the light background and name it. A circle is round with no "
@@ -87,7 +85,7 @@ def layout(root_url: str, program, query: dspy.Example) -> tuple[int, int]:
     *earlier, last = messages
     text_only = [*earlier, {**last, "content": [p for p in last["content"] if p["type"] != "image_url"]}]
     full, cut = prompt_tokens(root_url, messages), prompt_tokens(root_url, text_only)
-    shared = next((i for i, (x, y) in enumerate(zip(full, cut)) if x != y), min(len(full), len(cut)))
+    shared = next((i for i, (x, y) in enumerate(zip(full, cut, strict=False)) if x != y), min(len(full), len(cut)))
     return shared, len(full)
 
 

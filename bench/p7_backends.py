@@ -48,8 +48,8 @@ from vlmopt.serving.openai_lm import create_openai_lm
 from vlmopt.serving.transformers_engine import create_lm
 from vlmopt.serving.vllm_probabilities import create_vllm_lm
 from vlmopt.serving.vllm_server import VLLMServer
-from vlmopt.testing.images import draw_shape
 from vlmopt.testing.bench_vlm import build_bench_idefics3
+from vlmopt.testing.images import draw_shape
 
 LABELS = ["circle", "square", "triangle"]
 TASK = TaskSpec(labels=LABELS)

@@ -65,7 +65,9 @@ MULTI_FIELD_ROWS = [
 COMPILED_PROMPT = {
     "messages": [
         {"role": "system", "content": "Classify the shape in the picture."},
-        {"role": "user", "content": [{"type": "text", "text": "Shape?"}, {"type": "image_url", "image_url": {"url": "{image}"}}]},
+        {"role": "user", "content": [
+            {"type": "text", "text": "Shape?"}, {"type": "image_url", "image_url": {"url": "{image}"}},
+        ]},
     ],
     "response_format": {"type": "json_schema", "json_schema": {"name": "answer"}},
 }

@@ -45,7 +45,8 @@ def _vllm_python() -> str:
         ["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=1800, check=False
     )
     if result.returncode != 0:
-        reason = f"cannot create the vLLM venv with {SETUP_SCRIPT.name}:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        output = result.stdout[-2000:] + result.stderr[-2000:]
+        reason = f"cannot create the vLLM venv with {SETUP_SCRIPT.name}:\n{output}"
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)

@@ -49,7 +49,7 @@ def centre(image: Image.Image) -> tuple[int, int, int]:
 
 def colour_of(image: Image.Image) -> str:
     rgb = centre(image)
-    return min(COLOURS, key=lambda k: sum(abs(x - y) for x, y in zip(COLOURS[k], rgb)))
+    return min(COLOURS, key=lambda k: sum(abs(x - y) for x, y in zip(COLOURS[k], rgb, strict=True)))
 
 
 def study_config(folder: Path, workdir: Path, *, seed: int = 5, **optimizer) -> TaskConfig:

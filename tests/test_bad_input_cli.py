@@ -53,7 +53,7 @@ def good_image(path: Path, colour) -> None:
 def messy_folder(tmp_path) -> tuple[Path, dict[str, Path]]:
     """4 good images per class plus every awkward kind spread over the class folders."""
     root = tmp_path / "folder"
-    for c, colour in zip(CLASSES, [(200, 0, 0), (0, 200, 0), (0, 0, 200)]):
+    for c, colour in zip(CLASSES, [(200, 0, 0), (0, 200, 0), (0, 0, 200)], strict=True):
         for i in range(4):
             good_image(root / c / f"{c}_{i}.png", colour)
     bad = make_bad_images(tmp_path / "bad")
@@ -100,7 +100,7 @@ def write_manifest(tmp_path: Path, rows: list[dict], name="manifest.csv") -> Pat
 
 def good_rows(tmp_path: Path, n=4) -> list[dict]:
     rows = []
-    for c, colour in zip(CLASSES, [(200, 0, 0), (0, 200, 0), (0, 0, 200)]):
+    for c, colour in zip(CLASSES, [(200, 0, 0), (0, 200, 0), (0, 0, 200)], strict=True):
         for i in range(n):
             good_image(tmp_path / "imgs" / f"{c}_{i}.png", colour)
             rows.append({"image": f"imgs/{c}_{i}.png", "label": c})

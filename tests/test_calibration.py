@@ -16,9 +16,9 @@ import re
 import dspy
 import pytest
 from rich.console import Console
-from study_task import GOOD, colour_of, make_colour_folder, study_config
 from typer.testing import CliRunner
 
+from study_task import GOOD, colour_of, make_colour_folder, study_config
 from vlmopt.artifacts import ArtifactError, canonical_sha256, load_artifact
 from vlmopt.cli import app
 from vlmopt.config import ConfigError, parse_config

@@ -53,7 +53,8 @@ def test_sigint_keeps_finished_rows_and_rerun_replays_them(tmp_path, tiny_idefic
     calls = int(re.search(r"model calls: (\d+)", again.stdout).group(1))
     assert calls <= n_test - len(kept)
     (rerun_dir,) = [p for p in (tmp_path / "runs").iterdir() if p != rows_file.parent]
-    rerun_rows = {json.loads(line)["id"]: json.loads(line) for line in (rerun_dir / "predictions.jsonl").read_text().splitlines()}
+    rerun_lines = (rerun_dir / "predictions.jsonl").read_text().splitlines()
+    rerun_rows = {json.loads(line)["id"]: json.loads(line) for line in rerun_lines}
     assert len(rerun_rows) == n_test
     for row in kept:
         assert rerun_rows[row["id"]]["predicted"] == row["predicted"]

@@ -8,8 +8,8 @@ model gives under 2% each, where the backends' small numeric differences decide.
 import json
 
 import pytest
-from test_micro_vlm_optimize import calibrated_config
 
+from test_micro_vlm_optimize import calibrated_config
 from vlmopt.config import parse_config
 from vlmopt.demo import offline_demo_config
 from vlmopt.pipeline import evaluate_task, optimize_task

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from fixtures_runs import INVALID_IDS, SINGLE_LABEL_ROWS, WRONG_IDS
 from nbclient import NotebookClient
 from PIL import Image
 
+from fixtures_runs import INVALID_IDS, SINGLE_LABEL_ROWS, WRONG_IDS
 from vlmopt.reports.notebook import RUN_DIR_ENV, load_run, metrics_table, resolve_run_dir, show_confusion, show_grid
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "inspect_eval.ipynb"
@@ -104,7 +104,8 @@ def _outputs(cell) -> tuple[str, list[bytes]]:
 def test_inspect_eval_notebook_runs_headless_on_a_run(fixture_run_dir, monkeypatch):
     monkeypatch.setenv(RUN_DIR_ENV, str(fixture_run_dir))
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    resources = {"metadata": {"path": str(NOTEBOOK.parent)}}
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources=resources).execute()
     cells = [c for c in nb.cells if c.cell_type == "code"]
     assert not [o for c in cells for o in c.outputs if o.output_type == "error"]
     by_source = {c.source.splitlines()[-1]: _outputs(c) for c in cells}

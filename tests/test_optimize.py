@@ -11,8 +11,8 @@ from pathlib import Path
 
 import dspy
 import pytest
-from study_task import GOOD, colour_of, make_colour_folder, study_config
 
+from study_task import GOOD, colour_of, make_colour_folder, study_config
 from vlmopt.artifacts import ArtifactError, load_artifact
 from vlmopt.evaluate import evaluate_program
 from vlmopt.pipeline import optimize_task

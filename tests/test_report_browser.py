@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 import pytest
-from fixtures_runs import INVALID_IDS, SINGLE_LABEL_ROWS, WRONG_IDS
 
+from fixtures_runs import INVALID_IDS, SINGLE_LABEL_ROWS, WRONG_IDS
 from vlmopt.reports.html import write_report
 
 CHROMIUM = Path("/usr/bin/chromium")

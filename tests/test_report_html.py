@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+
 from fixtures_runs import (
     FIELDS,
     INVALID_IDS,
@@ -23,7 +24,6 @@ from fixtures_runs import (
     thumbnail,
     write_run,
 )
-
 from vlmopt.metrics.records import PredictionRecord
 from vlmopt.reports.html import REPORT, compare_runs, write_report
 from vlmopt.reports.run_view import load_run_view
@@ -168,7 +168,8 @@ def test_failures_are_listed_and_optimize_sections_absent_without_their_files(re
 
 def test_optimize_run_shows_baseline_next_to_optimized_and_the_prompt(optimized_run_dir):
     doc = parse(write_report(optimized_run_dir))
-    rows = {r.find_all("td")[0].text: [squash(td.text) for td in r.find_all("td")] for r in doc.by_id("baseline").find_all("tr")[1:]}
+    cells = [r.find_all("td") for r in doc.by_id("baseline").find_all("tr")[1:]]
+    rows = {tds[0].text: [squash(td.text) for td in tds] for tds in cells}
     accuracy = rows["accuracy"]
     assert accuracy[1].startswith("0.583") and accuracy[2].startswith("0.667")
     assert accuracy[3] == "+0.083"

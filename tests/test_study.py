@@ -66,10 +66,12 @@ def test_space_comes_from_the_config_and_settings_make_a_valid_config(data, tmp_
     settings = dict(adapter="dspy", reasoning=True, structured_generation=False, max_labeled_demos=0,
                     max_bootstrapped_demos=1, max_image_side=16, num_candidates=2, num_trials=4)
     trial_cfg = apply_settings(cfg, settings)
-    assert (trial_cfg.task.adapter, trial_cfg.task.reasoning, trial_cfg.task.structured_generation) == ("dspy", True, False)
+    task = trial_cfg.task
+    assert (task.adapter, task.reasoning, task.structured_generation) == ("dspy", True, False)
     assert trial_cfg.dataset.max_image_side == 16
     opt = trial_cfg.optimizer
-    assert (opt.auto, opt.num_candidates, opt.num_trials, opt.max_labeled_demos, opt.max_bootstrapped_demos) == (None, 2, 4, 0, 1)
+    budget = (opt.auto, opt.num_candidates, opt.num_trials, opt.max_labeled_demos, opt.max_bootstrapped_demos)
+    assert budget == (None, 2, 4, 0, 1)
     assert cfg.task.adapter == "compact"  # the config itself is untouched
     with pytest.raises(ValueError, match="distinct choices"):
         SearchSpace(adapter=())
@@ -196,7 +198,8 @@ def test_resume_keeps_finished_trials_and_refuses_another_task(data, tmp_path):
     with pytest.raises(StudyMismatch, match="different task"):
         run_search(cfg, run=RunDir.create(tmp_path / "c", "x"), n_trials=5, storage=storage, study_name="colours")
     with pytest.raises(StudyMismatch, match="optimizes"):
-        search(data, tmp_path / "d", n_trials=5, storage=storage, study_name="colours", objectives=("accuracy", "latency"))
+        search(data, tmp_path / "d", n_trials=5, storage=storage, study_name="colours",
+               objectives=("accuracy", "latency"))
 
 
 # --- sharing rules, on Optuna's in-memory storage ------------------------------------------------

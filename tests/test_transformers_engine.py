@@ -18,14 +18,19 @@ import dspy
 import pytest
 import torch
 from dspy.clients.cache import Cache
-from dspy.utils.exceptions import AdapterParseError
 from dspy.lm15 import Config, ImagePart, Message, Request, TextPart, request_from_openai_chat
+from dspy.utils.exceptions import AdapterParseError
 from PIL import Image
 from pydantic import BaseModel, TypeAdapter
 
 from vlmopt.serving.chat_inputs import chat_input_from_request, render_prompt
-from vlmopt.serving.label_scoring import (ClassifierField, candidate_tokens, prediction_probabilities,
-                                         response_probabilities, score_candidates)
+from vlmopt.serving.label_scoring import (
+    ClassifierField,
+    candidate_tokens,
+    prediction_probabilities,
+    response_probabilities,
+    score_candidates,
+)
 from vlmopt.serving.model_loading import HubUnreachableError
 from vlmopt.serving.transformers_engine import TransformersEngine, create_lm
 

@@ -74,7 +74,8 @@ def test_label_probabilities_agree_with_the_in_process_engine(vllm_server, tiny_
         assert json.loads(prediction.raw_output) == {"label": prediction.label}
         assert confidence == probabilities[prediction.label]
         for label in SHAPES:
-            assert probabilities[label] == pytest.approx(expected[label], abs=PROBABILITY_TOLERANCE), (label, probabilities, expected)
+            near = pytest.approx(expected[label], abs=PROBABILITY_TOLERANCE)
+            assert probabilities[label] == near, (label, probabilities, expected)
         first, second = sorted(expected.values(), reverse=True)[:2]
         if first - second > 2 * PROBABILITY_TOLERANCE:
             assert max(probabilities, key=probabilities.get) == max(expected, key=expected.get)
@@ -125,7 +126,8 @@ def test_exported_request_replays_the_program_on_the_whole_val_set(vllm_server, 
         template = export_request(frozen, model_name=vllm_server.model)
         lm = create_openai_lm(recording_proxy.base_url, vllm_server.model, max_tokens=32, cache=False)
         recording_proxy.requests.clear()
-        program_run = evaluate_program(frozen.program, splits.val, lm=lm, task=frozen.task, labels=SHAPES, num_threads=1)
+        program_run = evaluate_program(frozen.program, splits.val, lm=lm, task=frozen.task, labels=SHAPES,
+                                       num_threads=1)
         assert not program_run.failed_ids
         sent = {_query_image(r["body"]): r["body"] for r in recording_proxy.requests}
         answers = {r.id: r.predicted for r in program_run.records}

@@ -9,8 +9,8 @@ import json
 import threading
 
 import pytest
-from fixtures_vllm import forward_to, loopback_proxy
 
+from fixtures_vllm import forward_to, loopback_proxy
 from vlmopt.config import parse_config
 from vlmopt.evaluate import EvaluationInterrupted
 from vlmopt.pipeline import evaluate_task

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -31,7 +31,9 @@ err_console = Console(stderr=True)
 
 @app.callback()
 def _quiet_libraries(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the libraries' own logs and progress bars.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the libraries' own logs and progress bars.")
+    ] = False,
 ) -> None:
     """vlmopt draws its own progress bars; the libraries' logs and bars would interleave with them."""
     if verbose:
@@ -48,6 +50,11 @@ def _quiet_libraries(
     transformers.logging.set_verbosity_error()
 
 ConfigArg = Annotated[Path, typer.Argument(help="Task config YAML (native or flat shape).", show_default=False)]
+ServerUrlOpt = Annotated[
+    str | None, typer.Option("--base-url", help="OpenAI-compatible server URL (implies --backend openai).")
+]
+ThreadsOpt = Annotated[int | None, typer.Option(help="Concurrent calls (default: run.num_threads).")]
+ArtifactOpt = Annotated[Path, typer.Option(help="The frozen program (artifact.json).", show_default=False)]
 
 
 def user_errors(fn):
@@ -98,11 +105,13 @@ def config_show(config: ConfigArg) -> None:
 def evaluate(
     config: ConfigArg,
     split: Annotated[str, typer.Option(help="Which split to score: val, test or all.")] = "test",
-    limit: Annotated[Optional[int], typer.Option(help="Score only the first N items of the split.")] = None,
-    num_threads: Annotated[Optional[int], typer.Option(help="Concurrent calls (default: run.num_threads).")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="Override backend.kind: transformers or openai.")] = None,
-    base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server URL (implies --backend openai).")] = None,
-    artifact: Annotated[Optional[Path], typer.Option(help="A frozen program (artifact.json) to score instead of the config's prompt.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Score only the first N items of the split.")] = None,
+    num_threads: ThreadsOpt = None,
+    backend: Annotated[str | None, typer.Option(help="Override backend.kind: transformers or openai.")] = None,
+    base_url: ServerUrlOpt = None,
+    artifact: Annotated[
+        Path | None, typer.Option(help="A frozen program (artifact.json) to score instead of the config's prompt.")
+    ] = None,
 ) -> None:
     """Score the config's prompt (or a frozen artifact) on a split; write runs/<name>-<timestamp>/."""
     from vlmopt.metrics import summary_table
@@ -137,13 +146,27 @@ def _with_backend(cfg: TaskConfig, backend: str | None, base_url: str | None) ->
 @user_errors
 def optimize(
     config: ConfigArg,
-    num_threads: Annotated[Optional[int], typer.Option(help="Concurrent calls (default: run.num_threads).")] = None,
-    base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server URL (implies --backend openai).")] = None,
-    search_trials: Annotated[Optional[int], typer.Option("--search", help="Outer Optuna trials over program choices (framing, reasoning, structured decoding, demos, image side, budget), each a MIPROv2 run.")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="Optuna RDB URL for the outer study (default: SQLite in the run directory; PostgreSQL to share it).")] = None,
-    objective: Annotated[Optional[list[str]], typer.Option(help="Outer search objective, repeatable: accuracy, tokens, latency (two or more: Pareto front).")] = None,
-    calibrate: Annotated[Optional[bool], typer.Option("--calibrate/--no-calibrate", help="After the search, fit per-label decision weights on val with DSPy's ReAnchor over the measured label probabilities (kept only when they win); reports accuracy and calibration before and after.")] = None,
-    worker: Annotated[bool, typer.Option("--worker", help="Only add trials to a shared study (needs --storage); no baseline, test or artifact.")] = False,
+    num_threads: ThreadsOpt = None,
+    base_url: ServerUrlOpt = None,
+    search_trials: Annotated[int | None, typer.Option(
+        "--search",
+        help="Outer Optuna trials over program choices (framing, reasoning, structured decoding, demos, "
+        "image side, budget), each a MIPROv2 run.",
+    )] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Optuna RDB URL for the outer study (default: SQLite in the run directory; PostgreSQL to share it).",
+    )] = None,
+    objective: Annotated[list[str] | None, typer.Option(
+        help="Outer search objective, repeatable: accuracy, tokens, latency (two or more: Pareto front).",
+    )] = None,
+    calibrate: Annotated[bool | None, typer.Option(
+        "--calibrate/--no-calibrate",
+        help="After the search, fit per-label decision weights on val with DSPy's ReAnchor over the measured "
+        "label probabilities (kept only when they win); reports accuracy and calibration before and after.",
+    )] = None,
+    worker: Annotated[bool, typer.Option(
+        "--worker", help="Only add trials to a shared study (needs --storage); no baseline, test or artifact.",
+    )] = False,
 ) -> None:
     """Search instructions and few-shot image demos (MIPROv2) on val; freeze the winner; report it on test.
 
@@ -204,11 +227,17 @@ def _search_worker(cfg: TaskConfig) -> None:
 @app.command()
 @user_errors
 def predict(
-    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).", show_default=False)],
-    artifact: Annotated[Path, typer.Option(help="The frozen program (artifact.json).", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Rows out: .jsonl or .csv.")] = Path("predictions.jsonl"),
-    config: Annotated[Optional[Path], typer.Option(help="Task config for the backend (default: the artifact's model, in-process).")] = None,
-    base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server URL instead of in-process.")] = None,
+    paths: Annotated[
+        list[Path], typer.Argument(help="Image files or folders (searched recursively).", show_default=False)
+    ],
+    artifact: ArtifactOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Rows out: .jsonl or .csv.")] = Path(
+        "predictions.jsonl"
+    ),
+    config: Annotated[
+        Path | None, typer.Option(help="Task config for the backend (default: the artifact's model, in-process).")
+    ] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL instead of in-process.")] = None,
     num_threads: Annotated[int, typer.Option(help="Concurrent calls.")] = 4,
 ) -> None:
     """Classify image files with a frozen program; write id, label, confidence rows (JSONL or CSV)."""
@@ -238,16 +267,21 @@ def predict(
 @app.command()
 @user_errors
 def export(
-    artifact: Annotated[Path, typer.Option(help="The frozen program (artifact.json).", show_default=False)],
-    format: Annotated[str, typer.Option("--format", help="openai-request (chat-completions body) or prompt-json.")] = "openai-request",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
-    model_name: Annotated[Optional[str], typer.Option(help="Model name the server serves (default: the artifact's).")] = None,
+    artifact: ArtifactOpt,
+    format: Annotated[
+        str, typer.Option("--format", help="openai-request (chat-completions body) or prompt-json.")
+    ] = "openai-request",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+    model_name: Annotated[
+        str | None, typer.Option(help="Model name the server serves (default: the artifact's).")
+    ] = None,
 ) -> None:
     """Write what an app needs to replay the classifier without DSPy (the query image is the {image} slot)."""
     import json
 
     from vlmopt.artifacts import load_artifact
-    from vlmopt.export import FORMATS, decision_caveat, export as export_artifact
+    from vlmopt.export import FORMATS, decision_caveat
+    from vlmopt.export import export as export_artifact
 
     if format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {format!r})")
@@ -285,10 +319,10 @@ def report(
 def serve(
     model: Annotated[str, typer.Argument(help="Hub id or local model directory to serve.", show_default=False)],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[Optional[int], typer.Option(help="Port (default: a free one).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None,
     max_model_len: Annotated[int, typer.Option(help="Context length: room for the demos' image tokens.")] = 8192,
     max_images: Annotated[int, typer.Option(help="Images per prompt: few-shot demos plus the query.")] = 9,
-    python: Annotated[Optional[str], typer.Option(help="Interpreter with vLLM (default: .venv-vllm or this one).")] = None,
+    python: Annotated[str | None, typer.Option(help="Interpreter with vLLM (default: .venv-vllm or this one).")] = None,
     startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 900.0,
 ) -> None:
     """Start a vLLM OpenAI-compatible server for a VLM classifier; print its base URL; Ctrl-C stops it.
@@ -322,7 +356,9 @@ def demo(
 ) -> None:
     """Run the whole pipeline end to end. --offline: a pipeline check on fixtures, not an accuracy claim."""
     if not offline:
-        raise ConfigError("demo runs offline only: use `vlmopt demo --offline`, or `vlmopt optimize CONFIG` for a real task")
+        raise ConfigError(
+            "demo runs offline only: use `vlmopt demo --offline`, or `vlmopt optimize CONFIG` for a real task"
+        )
     from vlmopt.demo import run_offline_demo
 
     run_offline_demo(workdir, console=console)

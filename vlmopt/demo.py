@@ -65,7 +65,8 @@ def run_offline_demo(workdir: str | Path, console: Console | None = None) -> Pat
     console.print(table)
     frozen = outcome.optimized["test"]
     console.print(f"chosen instruction: [bold]{_instruction(outcome)}[/]  "
-                  f"(test accuracy {outcome.baseline['test'].metrics['accuracy']:.3f} -> {frozen.metrics['accuracy']:.3f})")
+                  f"(test accuracy {outcome.baseline['test'].metrics['accuracy']:.3f} "
+                  f"-> {frozen.metrics['accuracy']:.3f})")
     console.print(f"artifact: [bold]{outcome.artifact}[/]\nrun directory: [bold]{outcome.run.path}[/]")
     return outcome.run.path
 

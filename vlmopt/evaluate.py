@@ -30,9 +30,9 @@ from rich.progress import (
 )
 
 from vlmopt.config import TaskSpec
+from vlmopt.datasets.images import thumbnail_uri
 from vlmopt.metrics import answer_correct, compute_metrics
 from vlmopt.metrics.records import PredictionRecord
-from vlmopt.datasets.images import thumbnail_uri
 from vlmopt.programs.adapter import NORMALIZED_KEY, RAW_KEY
 from vlmopt.programs.confidence import label_confidence
 from vlmopt.reports.run_dir import RunDir

@@ -72,7 +72,8 @@ def write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
             writer.writeheader()
             for row in rows:
                 label = row["label"]
-                writer.writerow({**row, "label": label if isinstance(label, str) or label is None else json.dumps(label)})
+                cell = label if isinstance(label, str) or label is None else json.dumps(label)
+                writer.writerow({**row, "label": cell})
     else:
         path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     return path

@@ -46,7 +46,14 @@ from vlmopt.metrics import metric_for
 from vlmopt.optimizers.mipro import run_mipro
 from vlmopt.optimizers.search_space import SearchSpace, apply_settings
 from vlmopt.optimizers.study_slots import duplicate_of, take_slot
-from vlmopt.optimizers.study_storage import Heartbeat, default_storage_url, display_url, open_storage, open_study, study_fingerprint
+from vlmopt.optimizers.study_storage import (
+    Heartbeat,
+    default_storage_url,
+    display_url,
+    open_storage,
+    open_study,
+    study_fingerprint,
+)
 from vlmopt.optimizers.trial_program import PROGRAM_ATTR, demo_trainset, program_record
 from vlmopt.programs import create_program
 from vlmopt.reports.run_dir import RunDir

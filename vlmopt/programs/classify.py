@@ -78,5 +78,7 @@ class Classify(dspy.Module):
 
 def create_program(task: TaskSpec, labels: list[str] | None = None) -> Classify:
     """The program a task config describes (signature, reasoning, adapter)."""
-    adapter = create_adapter(task.adapter, structured=task.structured_generation, normalize_labels=task.normalize_labels)
+    adapter = create_adapter(
+        task.adapter, structured=task.structured_generation, normalize_labels=task.normalize_labels
+    )
     return Classify(make_signature(task, labels), reasoning=task.reasoning, adapter=adapter)

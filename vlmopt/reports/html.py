@@ -110,7 +110,8 @@ def _class_tables(view: RunView) -> list[dict[str, Any]]:
     """Per-class tables (and confusion matrices where the kind has them), titled."""
     m = view.metrics
     if view.output_kind == "multi_label":
-        return [{"title": "Per label", "what": "label", "per_class": m.get("per_label", {}), "confusion": None, "summary": None}]
+        per_label = m.get("per_label", {})
+        return [{"title": "Per label", "what": "label", "per_class": per_label, "confusion": None, "summary": None}]
     if view.output_kind == "multi_field":
         return [
             {

@@ -35,7 +35,7 @@ import torch
 from dspy._vendor.lm15.result import response_to_events
 from dspy._vendor.lm15.types import TokenLogprob, TopLogprob
 from dspy.clients.engines.base import validate_request
-from dspy.lm15 import InvalidRequestError, Message, Request, Response, TextPart, Usage, UnsupportedFeatureError
+from dspy.lm15 import InvalidRequestError, Message, Request, Response, TextPart, UnsupportedFeatureError, Usage
 from PIL import Image
 from transformers import LogitsProcessorList
 
