@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 WORKER = Path(__file__).with_name("study_worker.py")
 
@@ -54,17 +54,19 @@ def kill_mid_trial(procs: list[subprocess.Popen], study_name: str, url: str, min
     Once ``min_complete`` trials are complete and a worker is mid-trial, it is frozen (SIGSTOP)
     before the storage is read again, so its trial cannot finish between the look and the kill.
     """
-    storage = optuna.storages.RDBStorage(url)
+    storage = None
     by_pid = {p.pid: p for p in procs}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         time.sleep(0.05)
         try:
+            # the workers create Optuna's tables; this reader only looks (creating them too would race them)
+            storage = storage or optuna.storages.RDBStorage(url, skip_table_creation=True)
             study = optuna.load_study(study_name=study_name, storage=storage)
             candidates = [t for t in admitted_running(study) if _pid(t) in by_pid]
             if len(complete(study)) < min_complete or not candidates:
                 continue
-        except KeyError:  # no worker has created the study yet
+        except (KeyError, DBAPIError, optuna.exceptions.StorageInternalError):  # no study (or tables) yet
             continue
         victim = by_pid[_pid(candidates[0])]
         os.kill(victim.pid, signal.SIGSTOP)

@@ -5,7 +5,7 @@ It is ``run_search(worker=True)`` with the scripted test double as the task mode
 them. Not a user entry point: ``vlmopt optimize --worker`` is.
 
     python tests/study_worker.py DATA WORKDIR --storage URL --study-name NAME --n-trials 6 \
-        [--objectives accuracy tokens] [--call-delay 0.05] [--heartbeat 1 --grace 2 --poll 0.2] [--go-file F]
+        [--objectives accuracy tokens] [--call-delay 0.05] [--heartbeat 1 --grace 5 --poll 0.2] [--go-file F]
 
 With ``--go-file F`` it writes ``F.ready-<pid>`` once set up and waits for ``F`` before searching,
 so several workers really run at the same time whatever their start-up time.
@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--objectives", nargs="+", default=["accuracy"])
     parser.add_argument("--call-delay", type=float, default=0.0)
     parser.add_argument("--heartbeat", type=int, default=1)
-    parser.add_argument("--grace", type=int, default=2)
+    # Optuna keeps SQLite heartbeats to the second: a 1 s beat needs a few seconds' grace under load
+    parser.add_argument("--grace", type=int, default=5)
     parser.add_argument("--poll", type=float, default=0.2)
     parser.add_argument("--go-file", type=Path)
     args = parser.parse_args()

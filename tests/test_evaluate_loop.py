@@ -8,7 +8,8 @@ from PIL import Image
 
 from vlmopt.config import TaskSpec
 from vlmopt.datasets.images import dspy_image_to_pil, to_dspy_image
-from vlmopt.evaluate import EvaluationInterrupted, evaluate_program
+from vlmopt.evaluate import EvaluationInterrupted, _Tally, evaluate_program
+from vlmopt.metrics.records import PredictionRecord
 from vlmopt.reports.run_dir import RunDir
 
 TASK = TaskSpec(labels=["red", "blue"])
@@ -58,3 +59,24 @@ def test_a_worker_finishing_after_the_cancel_changes_neither_the_outcome_nor_the
     assert run.predictions() == []  # the blue row that finished late was not written behind the summary
     failed = [row["id"] for row in run.failures()]
     assert f"({len(failed)} failed;" in said and set(failed) <= {"red/1", "red/2", "red/3", "red/4"}
+
+
+def record(item_id: str, predicted: str) -> PredictionRecord:
+    return PredictionRecord(id=item_id, gold="red", predicted=predicted, raw=predicted, valid=True)
+
+
+def test_first_result_per_item_wins_and_the_summary_is_in_example_order(tmp_path):
+    """A straggler DSPy resubmits can finish twice, and threads finish in any order; the run keeps
+    one row per item and hands the records back in the examples' order (a seeded bootstrap over
+    them is then the same on every run)."""
+    run = RunDir.create(tmp_path, "order")
+    tally = _Tally(["a", "b", "c"])
+    assert tally.add_record(record("c", "red"), True, run) == (1, 1.0)
+    tally.add_error("b", "Timeout")
+    assert tally.add_record(record("c", "blue"), False, run) is None  # the resubmitted copy
+    assert tally.add_record(record("b", "red"), True, run) is None  # b already failed first
+    assert tally.add_record(record("a", "blue"), False, run) == (2, 0.5)
+    records, errors = tally.close()
+    assert [r.id for r in records] == ["a", "c"] and errors == {"b": "Timeout"}
+    assert [(r.id, r.predicted) for r in run.predictions()] == [("c", "red"), ("a", "blue")]
+    assert tally.add_record(record("b", "red"), True, run) is None and len(run.predictions()) == 2

@@ -45,7 +45,7 @@ def config(data_folder, tmp_path, base_url, model):
     return parse_config({
         "name": "hang",
         "model": {"id": model, "max_new_tokens": 32},
-        "backend": {"kind": "openai", "base_url": base_url, "served_model_name": model, "timeout_s": 3,
+        "backend": {"kind": "openai", "base_url": base_url, "served_model_name": model, "timeout_s": 6,
                     "num_retries": 0, "label_probabilities": False},
         "dataset": {"source": str(data_folder), "kind": "imagefolder", "max_image_side": 64},
         "task": {"labels": ["circle", "square", "triangle"]},

@@ -85,39 +85,48 @@ def _usage(pred: dspy.Prediction) -> tuple[int | None, int | None]:
 class _Tally:
     """The evaluation's shared results, closed the moment ``dspy.Evaluate`` hands back.
 
-    DSPy's executor shuts its thread pool down without waiting, so after a cancellation (or a
-    straggler resubmission) a worker can still finish while the caller reads the results. Every
-    write takes the lock and is dropped once the tally is closed; the caller reads a frozen copy.
+    DSPy's executor shuts its thread pool down without waiting, and resubmits an item that runs
+    past its straggler timeout; so a worker can still finish after a cancel, and one item can
+    finish twice. Every write takes the lock; the first result per item wins (as in DSPy's own
+    results) and later ones are dropped, as is everything after close. The caller reads a frozen
+    copy, in the examples' order, so the summary (its bootstrap interval too) does not depend on
+    which thread finished first.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ids: list[str]) -> None:
+        self._order = {item_id: position for position, item_id in enumerate(ids)}
         self._lock = threading.Lock()
-        self.records: list[PredictionRecord] = []
-        self.errors: dict[str, str] = {}
-        self.n_correct = 0
+        self._records: dict[str, PredictionRecord] = {}
+        self._errors: dict[str, str] = {}
+        self._n_correct = 0
         self._closed = False
 
+    def _taken(self, item_id: str) -> bool:
+        return self._closed or item_id in self._records or item_id in self._errors
+
     def add_record(self, record: PredictionRecord, correct: bool, run: RunDir | None) -> tuple[int, float] | None:
-        """Keep one scored record (and write it to the run): (done, running accuracy), None once closed."""
+        """Keep one scored record (and write it to the run): (done, running accuracy), None if dropped."""
         with self._lock:
-            if self._closed:
+            if self._taken(record.id):
                 return None
-            self.records.append(record)
-            self.n_correct += correct
+            self._records[record.id] = record
+            self._n_correct += correct
             if run is not None:
                 run.append_prediction(record)
-            return len(self.records), self.n_correct / len(self.records)
+            return len(self._records), self._n_correct / len(self._records)
 
     def add_error(self, item_id: str, reason: str) -> None:
         with self._lock:
-            if not self._closed:
-                self.errors[item_id] = reason
+            if not self._taken(item_id):
+                self._errors[item_id] = reason
 
     def close(self) -> tuple[list[PredictionRecord], dict[str, str]]:
-        """Stop taking results; the records and errors as they stand."""
+        """Stop taking results; the records and errors as they stand, in the examples' order."""
         with self._lock:
             self._closed = True
-            return list(self.records), dict(self.errors)
+            records = sorted(self._records.values(), key=lambda r: self._order[r.id])
+            errors = dict(sorted(self._errors.items(), key=lambda item: self._order[item[0]]))
+            return records, errors
 
 
 class _Timed(dspy.Module):
@@ -192,7 +201,7 @@ def evaluate_program(
     failing, instead of grinding through every remaining item; the finished rows are kept and
     :class:`EvaluationInterrupted` names how many were done.
     """
-    tally = _Tally()
+    tally = _Tally([str(ex.id) for ex in examples])
     started = time.perf_counter()
 
     with _progress(console) as progress:
@@ -232,7 +241,7 @@ def evaluate_program(
             cause = "interrupted" if by_user else "too many failed items"
             raise EvaluationInterrupted(
                 f"{description} stopped ({cause}) after {len(records)} of {len(examples)} items "
-                f"({len(errors)} failed{'; last error: ' + list(errors.values())[-1] if errors else ''}). "
+                f"({len(errors)} failed{'; first error: ' + next(iter(errors.values())) if errors else ''}). "
                 "Finished predictions are kept; rerun the same command to finish (cached calls replay).",
                 by_user=by_user,
             ) from None

@@ -34,6 +34,7 @@ from vlmopt.config import ConfigError, TaskConfig
 
 FINGERPRINT_ATTR = "vlmopt_fingerprint"
 STUDY_DB = "study.db"
+OPEN_ATTEMPTS = 4  # opening a fresh PostgreSQL storage that other workers are creating at the same moment
 
 
 class StudyMismatch(ConfigError):
@@ -66,14 +67,15 @@ def open_storage(url: str, heartbeat: Heartbeat) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats and retries of heartbeat-stale trials.
 
     Workers started together on an empty PostgreSQL database race to create Optuna's tables
-    (optuna/optuna#4621: the loser gets a unique violation); the loser opens it again once the
-    winner's tables exist.
+    (optuna/optuna#4621: a loser gets a unique violation); a loser opens it again once the
+    winner's tables exist (a few tries: with several workers one can lose more than once).
     """
-    try:
-        return _rdb_storage(url, heartbeat)
-    except DBAPIError:
-        time.sleep(1.0)
-        return _rdb_storage(url, heartbeat)
+    for _ in range(OPEN_ATTEMPTS - 1):
+        try:
+            return _rdb_storage(url, heartbeat)
+        except DBAPIError:
+            time.sleep(1.0)
+    return _rdb_storage(url, heartbeat)
 
 
 def _rdb_storage(url: str, heartbeat: Heartbeat) -> optuna.storages.RDBStorage:
