@@ -11,6 +11,7 @@ test split. It is labelled plainly as what it is: a toy model on synthetic shape
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -63,15 +64,11 @@ def run_offline_demo(workdir: str | Path, console: Console | None = None) -> Pat
     table = comparison_table(outcome)
     table.title = "toy micro-VLM on synthetic shapes — test split: vague prompt vs optimized"
     console.print(table)
-    frozen = outcome.optimized["test"]
-    console.print(f"chosen instruction: [bold]{_instruction(outcome)}[/]  "
-                  f"(test accuracy {outcome.baseline['test'].metrics['accuracy']:.3f} "
-                  f"-> {frozen.metrics['accuracy']:.3f})")
+    before, after = (outcome.baseline["test"].metrics["accuracy"], outcome.optimized["test"].metrics["accuracy"])
+    console.print(f"chosen instruction: [bold]{_instruction(outcome)}[/]  (test accuracy {before:.3f} -> {after:.3f})")
     console.print(f"artifact: [bold]{outcome.artifact}[/]\nrun directory: [bold]{outcome.run.path}[/]")
     return outcome.run.path
 
 
 def _instruction(outcome) -> str:
-    import json
-
     return json.loads(outcome.artifact.read_text())["prompt"]["messages"][0]["content"]

@@ -21,13 +21,7 @@ from typing import Any
 
 import dspy
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vlmopt.config import TaskSpec
 from vlmopt.datasets.images import thumbnail_uri
@@ -212,12 +206,7 @@ def evaluate_program(
             correct = answer_correct(record.gold, record.predicted, task.output)
             if (running := tally.add_record(record, correct, run)) is not None:
                 done, acc = running
-                progress.update(
-                    bar,
-                    advance=1,
-                    rate=done / (time.perf_counter() - started),
-                    acc=f"{acc:.3f}",
-                )
+                progress.update(bar, advance=1, rate=done / (time.perf_counter() - started), acc=f"{acc:.3f}")
             return float(correct)
 
         max_errors = max_errors if max_errors is not None else max(5, len(examples) // 10)
@@ -249,11 +238,7 @@ def evaluate_program(
     records, errors = tally.close()
     _record_failures(run, errors)
     metrics = compute_metrics(
-        records,
-        output_kind=task.output,
-        labels=labels or task.labels,
-        fields=task.fields,
-        seed=seed,
+        records, output_kind=task.output, labels=labels or task.labels, fields=task.fields, seed=seed
     )
     metrics["n_failed"] = len(errors)
     return EvalOutcome(records=records, failed_ids=list(errors), metrics=metrics, errors=errors)

@@ -187,7 +187,10 @@ def optimize_task(
     won = dict(lm=winner.lm, task=winner.cfg.task, **common)
     optimized = {"val": evaluate_program(winner.program, winner.splits.val, description="optimized val", **won)}
     argmax: dict[str, EvalOutcome] = {}  # the decision before ReAnchor's weights, when they were kept
-    uncalibrated = _calibrate(winner, optimized, argmax, won) if cfg.optimizer.calibrate else None
+    uncalibrated = None
+    if cfg.optimizer.calibrate and (kept := _calibrate(winner, optimized["val"], won)) is not None:
+        uncalibrated, calibrated_val = kept
+        argmax["val"], optimized["val"] = optimized["val"], calibrated_val
     optimized["test"] = evaluate_program(winner.program, winner.splits.test, run=run, description="optimized test",
                                          **won)
     if uncalibrated is not None:  # the same test calls, replayed from the cache: only the decision differs
@@ -238,34 +241,33 @@ def optimize_task(
                            argmax)
 
 
-def _calibrate(winner: Winner, optimized: dict[str, EvalOutcome], argmax: dict[str, EvalOutcome],
-               won: dict[str, Any]) -> dspy.Module | None:
+def _calibrate(winner: Winner, optimized_val: EvalOutcome,
+               won: dict[str, Any]) -> tuple[dspy.Module, EvalOutcome] | None:
     """ReAnchor on val; when its weights win, the winner decides with them from here on.
 
     ReAnchor's baseline is the argmax of the measured distribution; the shipped program answers
     with the generated label, which a server may pick slightly differently. So the weights are
     kept only when the calibrated program also beats the generated labels on val. Returns the
-    uncalibrated program (its val outcome moved to ``argmax``), or None when nothing changed.
+    uncalibrated program and the calibrated val outcome when they are, else None.
     """
     metric = metric_for(winner.cfg.task.output)
     result = calibrate_decision(winner.program, winner.splits.val, lm=winner.lm, metric=metric,
                                 num_threads=winner.cfg.run.num_threads)
     winner.calibration = result
-    uncalibrated = None
+    kept = None
     if result.weights is not None:
         uncalibrated = winner.program.deepcopy()
         winner.program.label_weights = result.weights
         calibrated = _replayed(
-            evaluate_program(winner.program, winner.splits.val, description="calibrated val", **won), optimized["val"])
-        if calibrated.metrics["accuracy"] > optimized["val"].metrics["accuracy"]:
-            argmax["val"], optimized["val"] = optimized["val"], calibrated
+            evaluate_program(winner.program, winner.splits.val, description="calibrated val", **won), optimized_val)
+        if calibrated.metrics["accuracy"] > optimized_val.metrics["accuracy"]:
+            kept = uncalibrated, calibrated
         else:
-            winner.program.label_weights = None
-            result.weights, uncalibrated = None, None
+            winner.program.label_weights = result.weights = None
             result.note = "calibration: ReAnchor's weights did not beat the generated labels on val; not kept"
     if result.note:
         winner.notes.append(result.note)
-    return uncalibrated
+    return kept
 
 
 def _replayed(outcome: EvalOutcome, calls: EvalOutcome) -> EvalOutcome:
