@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from vlmopt.config import TaskConfig, parse_config
 from vlmopt.serving.vllm_server import REPO_VLLM_VENV, VLLMServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +39,13 @@ class VLLMEndpoint:
     server: VLLMServer
 
 
-def _vllm_python() -> str:
-    """The .venv-vllm interpreter, creating the venv if needed; skip (fail under CI) if impossible."""
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    """The .venv-vllm interpreter, creating the venv if needed; skip (fail under CI) if impossible.
+
+    Tests that start a server of their own ask for this, not for ``vllm_server``, so the session's
+    server is not started (and left idle beside theirs) just for its interpreter.
+    """
     python = REPO_VLLM_VENV / "bin" / "python"
     result = subprocess.run(
         ["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=1800, check=False
@@ -54,11 +60,11 @@ def _vllm_python() -> str:
 
 
 @pytest.fixture(scope="session")
-def vllm_server(tiny_idefics3_dir, tmp_path_factory) -> Iterator[VLLMEndpoint]:
+def vllm_server(vllm_python, tiny_idefics3_dir, tmp_path_factory) -> Iterator[VLLMEndpoint]:
     """A vLLM server on a free loopback port serving the tiny Idefics3 model as `tiny-idefics3`."""
     server = VLLMServer(
         str(tiny_idefics3_dir),
-        python=_vllm_python(),
+        python=vllm_python,
         served_model_name=SERVED_MODEL_NAME,
         max_model_len=4096,
         limit_mm_per_prompt={"image": 4},
@@ -127,3 +133,22 @@ def loopback_proxy(handle: Callable[[BaseHTTPRequestHandler, bytes], None]) -> I
         httpd.shutdown()
         httpd.server_close()
         thread.join()
+
+
+def shapes_config(data_folder: Path, tmp_path: Path, base_url: str, model: str, *, num_threads: int = 2,
+                  **backend: object) -> TaskConfig:
+    """A shapes task served by the OpenAI-compatible server at ``base_url``; ``backend`` overrides settings."""
+    return parse_config({
+        "name": "shapes-vllm",
+        "seed": 1,
+        "model": {"id": model, "max_new_tokens": 32},
+        "backend": {"kind": "openai", "base_url": base_url, "served_model_name": model, "timeout_s": 30,
+                    "num_retries": 1, **backend},
+        "dataset": {"source": str(data_folder), "kind": "imagefolder", "max_image_side": 64},
+        "task": {"labels": ["circle", "square", "triangle"]},
+        "optimizer": {"auto": None, "num_candidates": 2, "num_trials": 3, "max_bootstrapped_demos": 1,
+                      "max_labeled_demos": 2, "minibatch": False, "prompt_model": "none",
+                      "instructions": ["Name the shape.", "Which shape is drawn: circle, square or triangle?"]},
+        "run": {"output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+                "num_threads": num_threads},
+    })

@@ -196,20 +196,22 @@ def test_calibrate_config_names_what_it_needs(task, backend, missing):
 def test_measured_client_on_the_real_engine_answers_what_the_engine_measured(tiny_idefics3_dir, synthetic_data,
                                                                           tmp_path):
     """ReAnchor over the in-process engine: the distributions it decides on are the recorded ones."""
-
     cfg = parse_config({"dataset": {"source": str(synthetic_data.folder), "kind": "imagefolder", "max_image_side": 64},
                         "run": {"cache_dir": str(tmp_path / "cache")}, "optimizer": {"calibrate": True}})
     configure_cache(cfg)
     splits = load_splits(cfg)
     lm = create_lm(str(tiny_idefics3_dir), max_new_tokens=16)
-    program = create_program(cfg.task, splits.labels)
-    recorded = evaluate_program(program, splits.val, lm=lm, task=cfg.task, labels=splits.labels, num_threads=2)
-    result = calibrate_decision(program, splits.val, lm=lm, metric=metric_for("single_label"), num_threads=2)
-    assert result.report["train_score_before"] == pytest.approx(recorded.metrics["accuracy"], abs=1e-4)
-    client = MeasuredLabelClient(program, lm)
-    by_id = {record.id: record for record in recorded.records}
-    for example in splits.val:
-        assert client.measure(example.image.url) == pytest.approx(by_id[example.id].probabilities)
+    try:
+        program = create_program(cfg.task, splits.labels)
+        recorded = evaluate_program(program, splits.val, lm=lm, task=cfg.task, labels=splits.labels, num_threads=2)
+        result = calibrate_decision(program, splits.val, lm=lm, metric=metric_for("single_label"), num_threads=2)
+        assert result.report["train_score_before"] == pytest.approx(recorded.metrics["accuracy"], abs=1e-4)
+        client = MeasuredLabelClient(program, lm)
+        by_id = {record.id: record for record in recorded.records}
+        for example in splits.val:
+            assert client.measure(example.image.url) == pytest.approx(by_id[example.id].probabilities)
+    finally:
+        lm.engine.close()
 
 
 def test_report_shows_the_calibration_before_and_after(calibrated):

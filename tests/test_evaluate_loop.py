@@ -1,4 +1,5 @@
-"""The evaluator loop's own guarantees, with a hand-written program standing where a VLM would."""
+"""The evaluator loop's own guarantees: the real program and DSPy's Evaluate over the scripted
+model-edge double (``ScriptedEngine``), which here answers slowly or fails on cue."""
 
 import threading
 
@@ -7,29 +8,30 @@ import pytest
 from PIL import Image
 
 from vlmopt.config import TaskSpec
-from vlmopt.datasets.images import dspy_image_to_pil, to_dspy_image
+from vlmopt.datasets.images import to_dspy_image
 from vlmopt.evaluate import EvaluationInterrupted, _Tally, evaluate_program
 from vlmopt.metrics.records import PredictionRecord
+from vlmopt.programs import create_program
 from vlmopt.reports.run_dir import RunDir
+from vlmopt.testing.scripted_engine import ScriptedCall, ScriptedEngine, scripted_lm
 
 TASK = TaskSpec(labels=["red", "blue"])
 
 
-class SlowBlueBrokenRed(dspy.Module):
-    """Fails every red image at once; holds every blue one until ``release`` is set."""
+class SlowBlueBrokenRed:
+    """A model that fails every red image at once and holds every blue one until ``release`` is set."""
 
     def __init__(self):
-        super().__init__()
         self.release = threading.Event()
         self.blue_started = threading.Event()
 
-    def forward(self, image: dspy.Image) -> dspy.Prediction:
-        if dspy_image_to_pil(image).getpixel((0, 0))[0] > 128:
+    def __call__(self, call: ScriptedCall) -> dict[str, float]:
+        if call.query_image.getpixel((0, 0))[0] > 128:
             self.blue_started.wait(timeout=10)  # the slow item is in flight before the failures cancel the run
             raise RuntimeError("backend down")
         self.blue_started.set()
         assert self.release.wait(timeout=30), "the test never released the slow item"
-        return dspy.Prediction(label="blue", valid=True)
+        return {"red": 0.0, "blue": 1.0}
 
 
 def examples(colours):
@@ -44,13 +46,13 @@ def test_a_worker_finishing_after_the_cancel_changes_neither_the_outcome_nor_the
     """DSPy shuts its pool down without waiting, so a slow item can finish after the run was
     cancelled. Its row must not land after the summary was read (that raced: 'dictionary changed
     size during iteration'), so the message, predictions.jsonl and failures.jsonl agree."""
-    program = SlowBlueBrokenRed()
+    model = SlowBlueBrokenRed()
     run = RunDir.create(tmp_path, "cancel")
     before = set(threading.enumerate())
     with pytest.raises(EvaluationInterrupted) as stopped:
-        evaluate_program(program, examples(["blue", "red", "red", "red", "red"]), lm=None, task=TASK,
-                         run=run, num_threads=2, max_errors=2)
-    program.release.set()
+        evaluate_program(create_program(TASK), examples(["blue", "red", "red", "red", "red"]),
+                         lm=scripted_lm(ScriptedEngine(model)), task=TASK, run=run, num_threads=2, max_errors=2)
+    model.release.set()
     for worker in set(threading.enumerate()) - before:
         if worker.name.startswith("ThreadPoolExecutor"):  # DSPy's pool; tqdm's monitor never ends
             worker.join(timeout=30)

@@ -20,18 +20,19 @@ from vlmopt.testing.shapes_task import write_micro_task_dataset
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
-def test_artifact_on_vllm_agrees_with_in_process(vllm_server, tmp_path):
-    outcome = optimize_task(offline_demo_config(tmp_path / "opt"))
+def test_artifact_on_vllm_agrees_with_in_process(vllm_python, tmp_path):
+    demo_cfg = offline_demo_config(tmp_path / "opt")
+    outcome = optimize_task(demo_cfg)
     calibrated = optimize_task(calibrated_config(tmp_path / "calibrated")).artifact
     data = write_micro_task_dataset(tmp_path / "replay", attribute="row", n_per_class=40, seed=7)
-    raw = outcome.run.path.joinpath("config.yaml")
-    base = parse_config({**_load(raw), "dataset": {"source": str(data), "kind": "imagefolder", "max_image_side": 64},
+    base = parse_config({**demo_cfg.model_dump(),
+                         "dataset": {"source": str(data), "kind": "imagefolder", "max_image_side": 64},
                          "run": {"output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
                                  "num_threads": 4}})
     _, local = evaluate_task(base, split="all", artifact=outcome.artifact)
     _, local_calibrated = evaluate_task(base, split="all", artifact=calibrated)
 
-    with VLLMServer(str(micro_vlm_dir()), python=vllm_server.server.python, served_model_name="micro-vlm",
+    with VLLMServer(str(micro_vlm_dir()), python=vllm_python, served_model_name="micro-vlm",
                     limit_mm_per_prompt={"image": 4}, extra_args=["--enforce-eager"],
                     log_path=tmp_path / "vllm.log") as server:
         remote_cfg = parse_config({**base.model_dump(), "backend": {
@@ -56,9 +57,3 @@ def assert_agree(local, remote):
     differences = {i: (here[i], there[i]) for i in here if here[i] != there[i]}
     agreement = 1 - len(differences) / len(here)
     assert agreement >= 0.99, f"agreement {agreement:.3f}; differences (in-process, vLLM): {differences}"
-
-
-def _load(path):
-    import yaml
-
-    return yaml.safe_load(path.read_text())

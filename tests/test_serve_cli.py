@@ -14,9 +14,9 @@ from vlmopt.serving.vllm_server import free_port
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
-def test_serve_starts_becomes_healthy_and_stops_on_ctrl_c(vllm_server, tiny_idefics3_dir):
+def test_serve_starts_becomes_healthy_and_stops_on_ctrl_c(vllm_python, tiny_idefics3_dir):
     port = free_port()
-    env = {**os.environ, "COLUMNS": "200", "VLMOPT_VLLM_PYTHON": vllm_server.server.python}
+    env = {**os.environ, "COLUMNS": "200", "VLMOPT_VLLM_PYTHON": vllm_python}
     proc = subprocess.Popen(
         [sys.executable, "-m", "vlmopt.cli", "serve", str(tiny_idefics3_dir), "--port", str(port),
          "--max-model-len", "4096", "--max-images", "3"],

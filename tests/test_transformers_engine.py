@@ -145,6 +145,21 @@ def test_demos_and_system_prompt_reach_the_model(lm):
     assert "Classify the animal in the image." in prompt and '"label": "dog"' in prompt
 
 
+@torch.inference_mode()
+def unpadded_answer_scores(engine, prompt: str, images: list, answers: list[list[int]], shared: int) -> list[float]:
+    """The reference: one plain forward per answer (no batching, no cache, no logits_to_keep), each
+    answer's log-prob summed over its tokens after the ``shared`` prefix all answers have in common."""
+    encoded = engine.processor(text=[prompt], images=[images], return_tensors="pt")
+    extra = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask", "token_type_ids")}
+    scores = []
+    for answer in answers:
+        ids = torch.cat([encoded["input_ids"], torch.tensor([answer])], dim=1)
+        logprobs = engine.model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits[0].log_softmax(-1)
+        start = ids.shape[1] - len(answer)
+        scores.append(sum(float(logprobs[start + t - 1, answer[t]]) for t in range(shared, len(answer))))
+    return scores
+
+
 def test_label_probabilities_match_a_direct_computation(lm):
     pred = predict(lm, Single, image=image("green"))
     engine = lm.engine
@@ -153,16 +168,7 @@ def test_label_probabilities_match_a_direct_computation(lm):
     answers = [engine.tokenizer.encode(json.dumps({"label": a}, separators=(",", ":")), add_special_tokens=False)
                for a in ANIMALS]
     shared = next(i for i in range(len(answers[0])) if len({tuple(a[: i + 1]) for a in answers}) > 1)
-    scores = []
-    with torch.inference_mode():
-        for answer in answers:  # one unpadded forward per label: no batching, no logits_to_keep
-            inputs = engine.processor(text=[prompt], images=[chat.images], return_tensors="pt")
-            ids = torch.cat([inputs.pop("input_ids"), torch.tensor([answer])], dim=1)
-            inputs.pop("attention_mask")
-            logits = engine.model(input_ids=ids, attention_mask=torch.ones_like(ids), **inputs).logits[0]
-            logprobs = logits.log_softmax(-1)
-            start = ids.shape[1] - len(answer)
-            scores.append(sum(float(logprobs[start + t - 1, answer[t]]) for t in range(shared, len(answer))))
+    scores = unpadded_answer_scores(engine, prompt, chat.images, answers, shared)
     expected = dict(zip(ANIMALS, torch.tensor(scores).softmax(0).tolist(), strict=True))
     got = prediction_probabilities(pred, ANIMALS)
     assert got == pytest.approx(expected, abs=1e-4)
@@ -183,19 +189,9 @@ def test_prefix_reused_scores_equal_unpadded_per_label_forwards(lm):
     assert batch["attention_mask"].sum(1).tolist()[0] < batch["input_ids"].shape[1]  # left padding is exercised
     inputs = {k: v for k, v in batch.items() if k != "token_type_ids"}
     got = score_candidates(engine.model, inputs, candidates, pad_token_id=engine.pad_token_id)
-    with torch.inference_mode():
-        for prompt, image_list, cands, scores in zip(prompts, images, candidates, got, strict=True):
-            want = []
-            for answer in cands.tokens:
-                single = engine.processor(text=[prompt], images=[image_list], return_tensors="pt")
-                ids = torch.cat([single.pop("input_ids"), torch.tensor([answer])], dim=1)
-                single.pop("attention_mask")
-                single.pop("token_type_ids", None)
-                logprobs = engine.model(input_ids=ids, attention_mask=torch.ones_like(ids), **single).logits[0]
-                logprobs = logprobs.log_softmax(-1)
-                start = ids.shape[1] - len(answer)
-                want.append(sum(float(logprobs[start + t - 1, answer[t]]) for t in range(cands.shared, len(answer))))
-            assert scores == pytest.approx(want, abs=1e-4)
+    for prompt, image_list, cands, scores in zip(prompts, images, candidates, got, strict=True):
+        want = unpadded_answer_scores(engine, prompt, image_list, cands.tokens, cands.shared)
+        assert scores == pytest.approx(want, abs=1e-4)
 
 
 def test_explicit_request_carries_the_measured_distribution(lm):

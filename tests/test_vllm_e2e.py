@@ -23,8 +23,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from fixtures_vllm import shapes_config
 from vlmopt.artifacts import load_artifact, save_artifact
-from vlmopt.config import TaskSpec, parse_config
+from vlmopt.config import TaskSpec
 from vlmopt.datasets import load_splits
 from vlmopt.datasets.images import downscale_dspy_image
 from vlmopt.evaluate import EvaluationInterrupted, evaluate_program
@@ -83,22 +84,6 @@ def test_label_probabilities_agree_with_the_in_process_engine(vllm_server, tiny_
     assert argmax_checked >= 2, "the random model gave too few clear-cut images to compare the argmax"
 
 
-def _shapes_config(data_folder: Path, tmp_path: Path, base_url: str, model: str, **backend):
-    return parse_config({
-        "name": "shapes-vllm",
-        "seed": 1,
-        "model": {"id": model, "max_new_tokens": 32},
-        "backend": {"kind": "openai", "base_url": base_url, "served_model_name": model, "timeout_s": 30,
-                    "num_retries": 1, **backend},
-        "dataset": {"source": str(data_folder), "kind": "imagefolder", "max_image_side": 64},
-        "task": {"labels": SHAPES},
-        "optimizer": {"auto": None, "num_candidates": 2, "num_trials": 3, "max_bootstrapped_demos": 1,
-                      "max_labeled_demos": 2, "minibatch": False, "prompt_model": "none",
-                      "instructions": ["Name the shape.", "Which shape is drawn: circle, square or triangle?"]},
-        "run": {"output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"), "num_threads": 2},
-    })
-
-
 def _with_demos(program, train: list[dspy.Example], max_side: int):
     """The optimized program with one demo per class (the optimizer may well have picked zero-shot)."""
     demos, seen = [], set()
@@ -113,7 +98,7 @@ def _with_demos(program, train: list[dspy.Example], max_side: int):
 
 def test_exported_request_replays_the_program_on_the_whole_val_set(vllm_server, recording_proxy, tmp_path):
     data = make_image_dataset(tmp_path / "data", n_per_class=5)
-    cfg = _shapes_config(data.folder, tmp_path, recording_proxy.base_url, vllm_server.model)
+    cfg = shapes_config(data.folder, tmp_path, recording_proxy.base_url, vllm_server.model)
     outcome = optimize_task(cfg)
     splits = load_splits(cfg)
     demo_artifact = save_artifact(
@@ -191,7 +176,7 @@ def test_killed_server_loses_nothing_and_the_rerun_asks_only_for_the_missing_ite
                           extra_args=["--enforce-eager"], log_path=tmp_path / log)
 
     # label_probabilities off: one request per item, so the server's request count is the item count
-    cfg = _shapes_config(data.folder, tmp_path, f"http://127.0.0.1:{port}/v1", vllm_server.model,
+    cfg = shapes_config(data.folder, tmp_path, f"http://127.0.0.1:{port}/v1", vllm_server.model,
                          timeout_s=10, num_retries=1, label_probabilities=False)
     first = server("first.log").start()
     try:

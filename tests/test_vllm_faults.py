@@ -10,8 +10,7 @@ import threading
 
 import pytest
 
-from fixtures_vllm import forward_to, loopback_proxy
-from vlmopt.config import parse_config
+from fixtures_vllm import forward_to, loopback_proxy, shapes_config
 from vlmopt.evaluate import EvaluationInterrupted
 from vlmopt.pipeline import evaluate_task
 from vlmopt.reports.run_dir import read_predictions
@@ -41,25 +40,19 @@ def hanging_proxy(vllm_server):
             state["release"].set()
 
 
-def config(data_folder, tmp_path, base_url, model):
-    return parse_config({
-        "name": "hang",
-        "model": {"id": model, "max_new_tokens": 32},
-        "backend": {"kind": "openai", "base_url": base_url, "served_model_name": model, "timeout_s": 6,
-                    "num_retries": 0, "label_probabilities": False},
-        "dataset": {"source": str(data_folder), "kind": "imagefolder", "max_image_side": 64},
-        "task": {"labels": ["circle", "square", "triangle"]},
-        "run": {"output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"), "num_threads": 1},
-    })
-
-
 def test_hanging_server_times_out_keeps_rows_and_rerun_finishes_only_the_rest(
     vllm_server, hanging_proxy, recording_proxy, tmp_path
 ):
     data = make_image_dataset(tmp_path / "data", n_per_class=8)
     total = len(data.items)
+
+    def config(base_url: str):
+        """One request at a time, 6 s each and no retry; no probability requests (one call per item)."""
+        return shapes_config(data.folder, tmp_path, base_url, vllm_server.model, num_threads=1, timeout_s=6,
+                             num_retries=0, label_probabilities=False)
+
     with pytest.raises(EvaluationInterrupted) as stopped:
-        evaluate_task(config(data.folder, tmp_path, hanging_proxy, vllm_server.model), split="all")
+        evaluate_task(config(hanging_proxy), split="all")
     assert "too many failed items" in str(stopped.value) and "Timeout" in str(stopped.value)
     (run_path,) = (tmp_path / "runs").iterdir()
     finished = read_predictions(run_path)
@@ -67,7 +60,7 @@ def test_hanging_server_times_out_keeps_rows_and_rerun_finishes_only_the_rest(
     assert len(finished) == 5
     assert len(failures) >= 5 and all("Timeout" in f["reason"] for f in failures)
 
-    _, rerun = evaluate_task(config(data.folder, tmp_path, recording_proxy.base_url, vllm_server.model), split="all")
+    _, rerun = evaluate_task(config(recording_proxy.base_url), split="all")
     assert len(rerun.records) == total and not rerun.failed_ids
     chat_calls = [r for r in recording_proxy.requests if r["path"].endswith("/chat/completions")]
     assert len(chat_calls) == total - len(finished)
