@@ -45,8 +45,8 @@ def _chat(image: Image.Image, question: str) -> list[dict]:
 
 
 def test_unknown_arch_error_lists_valid_names(tmp_path):
-    with pytest.raises(ValueError, match="idefics3, lfm2_vl"):
-        build_tiny_vlm("qwen2_vl", tmp_path)
+    with pytest.raises(ValueError, match="idefics3, internvl, lfm2_vl"):
+        build_tiny_vlm("not_a_family", tmp_path)
     assert set(BUILDERS) == set(ARCHS)
 
 
