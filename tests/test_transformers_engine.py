@@ -1,8 +1,10 @@
-"""The in-process transformers engine, end to end through DSPy, on both tiny VLM architectures.
+"""The in-process transformers engine, end to end through DSPy, on every registered model family.
 
-Random weights answer nonsense, but nonsense that must still be *valid*: every constrained
-answer parses and validates, concurrent callers are batched yet each gets its own answer, and
-the label distribution equals a direct, unbatched computation.
+This module is the in-process half of the model-family conformance matrix: the ``lm`` fixture
+runs every test once per family in ``vlmopt.serving.families.FAMILIES`` (its tiny random-weight
+build of the real architecture). Random weights answer nonsense, but nonsense that must still be
+*valid*: every constrained answer parses and validates, concurrent callers are batched yet each
+gets its own answer, and the label distribution equals a direct, unbatched computation.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from dspy.utils.exceptions import AdapterParseError
 from PIL import Image
 from pydantic import BaseModel, TypeAdapter
 
+from fixtures_models import TINY_ARCHS
+from vlmopt.programs.adapter import create_adapter
+from vlmopt.programs.classify import Classify
 from vlmopt.serving.chat_inputs import chat_input_from_request, render_prompt
 from vlmopt.serving.label_scoring import (
     ClassifierField,
@@ -76,12 +81,12 @@ def image(color: str) -> dspy.Image:
     return dspy.Image("data:image/png;base64," + base64.b64encode(png(color)).decode())
 
 
-@pytest.fixture(scope="module", params=["lfm2_vl", "idefics3"])
-def lm(request) -> dspy.LM:
-    """One uncached LM per tiny architecture; batches wait 50 ms so concurrent calls meet."""
+@pytest.fixture(scope="module", params=TINY_ARCHS)
+def lm(request, tiny_model_dir) -> dspy.LM:
+    """One uncached LM per model family; batches wait 50 ms so concurrent calls meet."""
     torch.set_num_threads(2)
-    model_dir = request.getfixturevalue(f"tiny_{request.param}_dir")
-    lm = create_lm(str(model_dir), max_new_tokens=96, max_batch_size=8, max_wait_ms=50, cache=False)
+    lm = create_lm(str(tiny_model_dir(request.param)), max_new_tokens=96, max_batch_size=8, max_wait_ms=50,
+                   cache=False)
     yield lm
     lm.engine.close()
 
@@ -174,24 +179,73 @@ def test_label_probabilities_match_a_direct_computation(lm):
     assert got == pytest.approx(expected, abs=1e-4)
 
 
+def _image_part(color: str, size: tuple[int, int]) -> ImagePart:
+    return ImagePart(data=base64.b64encode(png(color, size)).decode(), media_type="image/png")
+
+
+SCORING_JOBS = [
+    # (turns: (role, text, image color, image size) ..., field): one plain question, one longer with
+    # another label set, and a few-shot prompt whose two demo images have other sizes and aspect ratios
+    ([("user", "Is it a cat?", "red", (48, 40))], ClassifierField("label", ANIMALS)),
+    ([("user", "A much longer question about which colour this picture shows, please.", "blue", (100, 30))],
+     ClassifierField("tone", ("warm", "cold"))),
+    ([("user", "Which animal?", "green", (20, 90)), ("assistant", '{"label":"dog"}', None, None),
+      ("user", "Which animal?", "yellow", (64, 64)), ("assistant", '{"label":"bird"}', None, None),
+      ("user", "Which animal?", "white", (30, 50))], ClassifierField("label", ANIMALS)),
+]
+
+
 def test_prefix_reused_scores_equal_unpadded_per_label_forwards(lm):
-    """Prompts of different lengths and label sets share one pass; each score equals a plain forward."""
+    """Prompts of different lengths, label sets, demo images and image sizes share one pass; each score
+    equals a plain full-sequence forward (the label-probability contract, for every family)."""
     engine = lm.engine
-    jobs = [("Is it a cat?", ClassifierField("label", ANIMALS), "red"),
-            ("A much longer question about which colour this picture shows, please.",
-             ClassifierField("tone", ("warm", "cold")), "blue")]
-    prompts = [render_prompt(engine.processor, chat_input_from_request(Request(model=lm.model, messages=(
-        Message.user([TextPart(text), ImagePart(data=base64.b64encode(png(color)).decode(),
-                                                 media_type="image/png")]),)))) for text, _, color in jobs]
-    images = [[Image.open(io.BytesIO(png(color)))] for _, _, color in jobs]
-    candidates = [candidate_tokens(engine.tokenizer, field) for _, field, _ in jobs]
+    prompts, images = [], []
+    for turns, _ in SCORING_JOBS:
+        messages = tuple(
+            Message.user([TextPart(text), _image_part(color, size)]) if role == "user" else Message.assistant(text)
+            for role, text, color, size in turns)
+        prompts.append(render_prompt(engine.processor, chat_input_from_request(Request(model=lm.model,
+                                                                                       messages=messages))))
+        images.append([Image.open(io.BytesIO(png(color, size))) for role, _, color, size in turns if color])
+    candidates = [candidate_tokens(engine.tokenizer, field) for _, field in SCORING_JOBS]
     batch = engine._encode(prompts, images)
     assert batch["attention_mask"].sum(1).tolist()[0] < batch["input_ids"].shape[1]  # left padding is exercised
-    inputs = {k: v for k, v in batch.items() if k != "token_type_ids"}
-    got = score_candidates(engine.model, inputs, candidates, pad_token_id=engine.pad_token_id)
+    inputs = {k: v for k, v in batch.items() if k not in ("token_type_ids", *engine.family.drop_inputs)}
+    got = score_candidates(engine.model, inputs, candidates, pad_token_id=engine.pad_token_id, family=engine.family)
     for prompt, image_list, cands, scores in zip(prompts, images, candidates, got, strict=True):
         want = unpadded_answer_scores(engine, prompt, image_list, cands.tokens, cands.shared)
         assert scores == pytest.approx(want, abs=1e-4)
+
+
+def test_reasoning_then_answer_validates(lm):
+    """Reasoning first, then the label, in schema order (a random model's reasoning is bounded by the
+    schema's maxLength, else it would write until max_tokens)."""
+    schema = {"type": "object", "properties": {"reasoning": {"type": "string", "maxLength": 24},
+                                               "label": {"type": "string", "enum": list(ANIMALS)}},
+              "required": ["reasoning", "label"], "additionalProperties": False}
+    for color in COLORS[:2]:
+        request = Request(model=lm.model, messages=(Message.user([TextPart("Think, then answer."),
+                                                                  _image_part(color, (48, 40))]),),
+                          config=Config(response_format={"type": "json_schema", "schema": schema}, max_tokens=96))
+        # strict=False: xgrammar's JSON strings admit raw control characters (tabs ...); DSPy's parser does too
+        answer = json.loads(lm(request).text, strict=False)
+        assert list(answer) == ["reasoning", "label"] and answer["label"] in ANIMALS
+        assert isinstance(answer["reasoning"], str) and len(answer["reasoning"]) <= 24
+
+
+def test_free_text_answers_are_recorded_as_text(lm, tiny_model_dir):
+    """structured_generation off: the model writes free text, a label outside the set is invalid, and
+    the record keeps the text itself (never the engine's output object), even when it is empty."""
+    free = create_lm(lm.engine.settings["model"], max_new_tokens=6, structured=False, cache=False)
+    program = Classify(Single, adapter=create_adapter("compact", structured=False))
+    try:
+        with dspy.context(lm=free):
+            preds = [program(image=image(color)) for color in COLORS[:3]]
+    finally:
+        free.engine.close()
+    for pred in preds:
+        assert isinstance(pred.raw_output, str) and "logprobs" not in pred.raw_output
+        assert pred.label in ANIMALS if pred.valid else pred.label is None
 
 
 def test_explicit_request_carries_the_measured_distribution(lm):

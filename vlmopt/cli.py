@@ -320,20 +320,27 @@ def serve(
     model: Annotated[str, typer.Argument(help="Hub id or local model directory to serve.", show_default=False)],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None,
-    max_model_len: Annotated[int, typer.Option(help="Context length: room for the demos' image tokens.")] = 8192,
+    max_model_len: Annotated[int | None, typer.Option(
+        help="Context length, room for the demos' image tokens (default: 8192, or the model's own when shorter)."
+    )] = None,
     max_images: Annotated[int, typer.Option(help="Images per prompt: few-shot demos plus the query.")] = 9,
     python: Annotated[str | None, typer.Option(help="Interpreter with vLLM (default: .venv-vllm or this one).")] = None,
     startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 900.0,
 ) -> None:
-    """Start a vLLM OpenAI-compatible server for a VLM classifier; print its base URL; Ctrl-C stops it.
+    """Start a vLLM OpenAI-compatible server for a VLM classifier; print its base URL; Ctrl-C or SIGTERM stops it.
 
     Flags set for few-shot image classification: prefix caching (instructions and demos are shared
     by every request), several images per prompt, compact-whitespace structured outputs.
     """
-    from vlmopt.serving.vllm_server import VLLMServer
+    import signal
 
+    from vlmopt.serving.vllm_server import VLLMServer, check_model_path, default_max_model_len
+
+    check_model_path(model)
+    signal.signal(signal.SIGTERM, _interrupt)  # a supervisor's stop: leave the `with` block as on Ctrl-C
     server = VLLMServer(
-        model, python=python, host=host, port=port, max_model_len=max_model_len,
+        model, python=python, host=host, port=port,
+        max_model_len=max_model_len if max_model_len is not None else default_max_model_len(model),
         limit_mm_per_prompt={"image": max_images}, enable_prefix_caching=True, compact_json=True,
         startup_timeout=startup_timeout,
     )
@@ -346,6 +353,10 @@ def serve(
     except KeyboardInterrupt:
         pass  # leaving the `with` block stopped the server's whole process group
     console.print("server stopped")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 @app.command()

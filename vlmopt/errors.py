@@ -14,6 +14,7 @@ from vlmopt.config import ConfigError
 from vlmopt.datasets.errors import DatasetError, HubUnreachable
 from vlmopt.evaluate import EvaluationInterrupted
 from vlmopt.reports.run_dir import RunDirError
+from vlmopt.serving.families import UnsupportedModelError
 from vlmopt.serving.model_loading import HubUnreachableError
 from vlmopt.serving.vllm_server import VLLMServerError
 
@@ -25,6 +26,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     RunDirError,
     EvaluationInterrupted,
     VLLMServerError,
+    UnsupportedModelError,
     dspy.LMTransportError,  # an unreachable server: DSPy names host and port
     dspy.LMTimeoutError,
 )

@@ -47,7 +47,14 @@ class KeepRawOutput:
     """
 
     def _call_postprocess(self, processed_signature, original_signature, outputs, lm, lm_kwargs):
-        values = super()._call_postprocess(processed_signature, original_signature, outputs, lm, lm_kwargs)
+        try:
+            values = super()._call_postprocess(processed_signature, original_signature, outputs, lm, lm_kwargs)
+        except AdapterParseError as err:
+            # An empty answer (the model wrote only special tokens) is reported by DSPy with the whole
+            # output's repr (text plus per-token log-probs); the record keeps the text, which is "".
+            if len(outputs) == 1 and isinstance(outputs[0], dict) and not outputs[0].get("text"):
+                err.lm_response = outputs[0].get("text") or ""
+            raise
         for value, output in zip(values, outputs, strict=True):
             value[RAW_KEY] = output.get("text") if isinstance(output, dict) else output
         return values

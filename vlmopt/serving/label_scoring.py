@@ -43,6 +43,7 @@ from dspy._vendor.lm15.judgments import judgments_in_schema, normalize_logprobs
 from dspy._vendor.lm15.types import TokenLogprob, TopLogprob
 from dspy.lm15 import DataPart, Response
 
+from vlmopt.serving.families import GENERIC, ModelFamily, answer_position_ids
 from vlmopt.serving.grammar import SEPARATORS
 
 METHOD = "candidate_sequence_likelihood"
@@ -97,7 +98,7 @@ def candidate_tokens(tokenizer, field: ClassifierField) -> Candidates:
 
 @torch.inference_mode()
 def score_candidates(model, prompt_inputs: Mapping[str, torch.Tensor], candidates: Sequence[Candidates], *,
-                     pad_token_id: int) -> list[list[float]]:
+                     pad_token_id: int, family: ModelFamily = GENERIC) -> list[list[float]]:
     """Summed log-probs of every candidate continuation of every prompt; each prompt runs ONCE.
 
     ``prompt_inputs`` is the processor's left-padded batch, one row per request (input ids,
@@ -105,7 +106,8 @@ def score_candidates(model, prompt_inputs: Mapping[str, torch.Tensor], candidate
     keeping the cache; the cache is then repeated per label (``Cache.reorder_cache``: attention
     keys/values and LFM2's conv states alike) and all labels' answers, right-padded, run as one
     short continuation. 3 labels cost one prefill plus a few answer tokens, not 3 prefills.
-    Positions continue from the padded prompt width, as they would in one unsplit forward.
+    Positions continue as they would in one unsplit forward: from the padded prompt width, or, for
+    M-RoPE families, from each prompt's own positions (``families.answer_position_ids``).
     """
     prompt_inputs = dict(prompt_inputs)
     prompt_mask = prompt_inputs["attention_mask"]
@@ -123,8 +125,10 @@ def score_candidates(model, prompt_inputs: Mapping[str, torch.Tensor], candidate
         answer_ids[row, :len(tokens)] = torch.tensor(tokens)
         answer_mask[row, :len(tokens)] = 1
     answer_ids = answer_ids.to(device)
-    output = model(input_ids=answer_ids, cache=cache, use_cache=True,
-                   attention_mask=torch.cat([prompt_mask.index_select(0, owner), answer_mask.to(device)], dim=1))
+    full_mask = torch.cat([prompt_mask.index_select(0, owner), answer_mask.to(device)], dim=1)
+    positions = answer_position_ids(family, model, full_mask, width, owner)
+    output = model(input_ids=answer_ids, cache=cache, use_cache=True, attention_mask=full_mask,
+                   **({"position_ids": positions} if positions is not None else {}))
     # answer token 0 is predicted by its prompt's last logits, token t > 0 by answer position t - 1
     first = first.index_select(0, owner).gather(-1, answer_ids[:, :1]).squeeze(-1).tolist()
     later = output.logits[:, :-1].float().log_softmax(-1).gather(-1, answer_ids[:, 1:, None]).squeeze(-1).tolist()

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from vlmopt.serving.families import UnsupportedModelError, check_requirements, family_for_config
+
 PROBE_TIMEOUT_S = 5.0
 """How long to wait for the hub before declaring it unreachable."""
 
@@ -115,10 +117,23 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 
 
 def load_model(source: ModelSource, *, dtype: str | torch.dtype = "auto", device: str = "auto"):
-    """``(model, processor, device)``: any ``AutoModelForImageTextToText`` with its ``AutoProcessor``."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    """``(model, processor, device, family)``: any ``AutoModelForImageTextToText`` with its ``AutoProcessor``.
 
+    The family (``families``) is read from the config first, so that a missing extra package or
+    chat template is one clear error before the processor or the weights load.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    family = family_for_config(AutoConfig.from_pretrained(source.path))
+    check_requirements(family, source.name)
     target = resolve_device(device)
     processor = AutoProcessor.from_pretrained(source.path)
+    if getattr(processor, "chat_template", None) is None:
+        if family.default_chat_template is None:
+            raise UnsupportedModelError(
+                f"{source.name!r} ships no chat template, which vlmopt needs to render prompts: save the model's "
+                f"template as chat_template.jinja in {source.path}"
+            )
+        processor.chat_template = family.default_chat_template
     model = AutoModelForImageTextToText.from_pretrained(source.path, dtype=resolve_dtype(dtype, target))
-    return model.to(target).eval(), processor, target
+    return model.to(target).eval(), processor, target, family

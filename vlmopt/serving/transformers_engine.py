@@ -123,7 +123,7 @@ class TransformersEngine:
                          "max_new_tokens": max_new_tokens, "max_batch_size": max_batch_size,
                          "max_wait_ms": max_wait_ms, "seed": seed, "structured": structured}
         self.source = locate_model(model, revision)
-        self.model, self.processor, self.device = load_model(self.source, dtype=dtype, device=device)
+        self.model, self.processor, self.device, self.family = load_model(self.source, dtype=dtype, device=device)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"  # batched generation appends on the right
         generation = self.model.generation_config
@@ -311,8 +311,9 @@ class TransformersEngine:
         candidates = [self._candidate_tokens(job.classifier) for job in jobs]
         batch = self._encode([job.prompt for job in jobs], [job.images for job in jobs])
         prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
-        inputs = {k: v for k, v in batch.items() if k != "token_type_ids"}
-        scores = label_scoring.score_candidates(self.model, inputs, candidates, pad_token_id=self.pad_token_id)
+        inputs = {k: v for k, v in batch.items() if k not in ("token_type_ids", *self.family.drop_inputs)}
+        scores = label_scoring.score_candidates(self.model, inputs, candidates, pad_token_id=self.pad_token_id,
+                                                family=self.family)
         self.stats.add(score_calls=1)
         results = []
         for job, prompt_length, cands, job_scores in zip(jobs, prompt_lengths, candidates, scores, strict=True):

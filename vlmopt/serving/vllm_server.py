@@ -42,8 +42,68 @@ xgrammar and guidance backends), and a permissive-whitespace grammar lets weak m
 newlines until max_tokens."""
 
 
+DEFAULT_MAX_MODEL_LEN = 8192
+"""Context length `vlmopt serve` asks for at most: room for few-shot demos' image tokens, while
+keeping the KV cache small; a model with a shorter context gets its own (`model_max_len`)."""
+
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
 class VLLMServerError(RuntimeError):
     """The vLLM server could not be started (it exited, or never became healthy)."""
+
+
+def model_max_len(model: str) -> int | None:
+    """The text backbone's context length from the checkpoint's config.json, where it can be read here.
+
+    A local directory is read directly; a hub id only from the local cache or a quick download of
+    config.json. None when unknown: vLLM then derives it itself.
+    """
+    config_file = Path(model).expanduser() / "config.json"
+    if not config_file.is_file():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            config_file = Path(hf_hub_download(model, "config.json", etag_timeout=5))
+        except Exception:  # noqa: BLE001 - unreachable hub, unknown id: let vLLM decide
+            return None
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return None
+    for section in (config.get("text_config") or {}, config.get("llm_config") or {}, config):
+        for key in _CONTEXT_KEYS:
+            if isinstance(section.get(key), int):
+                return section[key]
+    return None
+
+
+def default_max_model_len(model: str) -> int | None:
+    """`DEFAULT_MAX_MODEL_LEN`, or the model's own context length when shorter (vLLM refuses more)."""
+    derived = model_max_len(model)
+    return DEFAULT_MAX_MODEL_LEN if derived is None else min(derived, DEFAULT_MAX_MODEL_LEN)
+
+
+def check_model_path(model: str) -> None:
+    """A model given as a path must be a directory here; a hub id (``org/name``) is left to vLLM."""
+    path = Path(model).expanduser()
+    looks_like_path = model.startswith((".", "/", "~")) or path.exists() or model.count("/") > 1
+    if looks_like_path and not path.is_dir():
+        raise VLLMServerError(f"model directory {model!r} does not exist; give a local model directory or a hub id")
+
+
+def check_vllm_installed(python: str) -> None:
+    """Fail before starting when `python` cannot import vLLM, saying how to get one."""
+    probe = [python, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"]
+    try:
+        found = subprocess.run(probe, capture_output=True, timeout=60, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise VLLMServerError(f"cannot run the vLLM interpreter {python!r}: {exc}") from exc
+    if not found:
+        raise VLLMServerError(
+            f"{python} has no vLLM: pip install 'vlmopt[vllm]' on a GPU host, run scripts/setup_vllm_venv.sh "
+            f"for a CPU build, or point --python / ${VLLM_PYTHON_ENV} at an interpreter that has it"
+        )
 
 
 def default_vllm_python() -> str:
@@ -158,6 +218,7 @@ class VLLMServer:
         """Start the server and block until `/health` answers; raise VLLMServerError otherwise."""
         if self._process is not None:
             raise VLLMServerError(f"vLLM server already running (pid {self._process.pid})")
+        check_vllm_installed(self.python)
         if self.log_path is None:
             fd, name = tempfile.mkstemp(prefix="vllm-server-", suffix=".log")
             os.close(fd)

