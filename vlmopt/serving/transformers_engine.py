@@ -42,6 +42,8 @@ from transformers import LogitsProcessorList
 from vlmopt.serving import label_scoring
 from vlmopt.serving.batching import BatchStats, MicroBatcher
 from vlmopt.serving.chat_inputs import chat_input_from_request, render_prompt
+from vlmopt.serving.families import GENERIC
+from vlmopt.serving.generic_check import check_generic_scoring
 from vlmopt.serving.grammar import GrammarCompiler, GrammarLogitsProcessor
 from vlmopt.serving.model_loading import load_model, locate_model
 
@@ -137,6 +139,8 @@ class TransformersEngine:
         self.seed = seed
         self.structured = structured
         self._candidates: dict[label_scoring.ClassifierField, label_scoring.Candidates] = {}
+        if self.family is GENERIC:
+            check_generic_scoring(self)
         self._batcher = MicroBatcher(self._run_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                                      name=f"vlmopt-engine-{self.source.name}")
         self.stats = EngineStats(batches=self._batcher.stats)
