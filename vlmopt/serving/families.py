@@ -133,7 +133,8 @@ FAMILIES: tuple[ModelFamily, ...] = (
     ModelFamily(
         "LLaVA-OneVision", ("llava_onevision",), "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava_onevision",
         VllmSupport("LlavaOnevisionForConditionalGeneration", cpu=True),
-        notes="anyres: extra crops per image by aspect ratio (image_grid_pinpoints)",
+        notes="anyres: extra crops per image by aspect ratio (image_grid_pinpoints); in a prompt with several "
+        "images transformers encodes each as its base view only, vLLM tiles every one",
     ),
     ModelFamily(
         "InternVL", ("internvl",), "OpenGVLab/InternVL3-1B-hf", "internvl",
@@ -147,7 +148,7 @@ FAMILIES: tuple[ModelFamily, ...] = (
     ),
     ModelFamily(
         "Aya Vision", ("aya_vision",), "CohereLabs/aya-vision-8b", "aya_vision",
-        VllmSupport(None, cpu=False, reason="not in vLLM 0.32's model registry"),
+        VllmSupport(None, cpu=False, reason="vLLM 0.32 dropped it (supported until v0.24.0)"),
     ),
 )
 """Every supported family; the conformance matrix in tests/ runs each one's tiny build."""
