@@ -29,6 +29,7 @@ from fixtures_models import TINY_ARCHS
 from vlmopt.programs.adapter import create_adapter
 from vlmopt.programs.classify import Classify
 from vlmopt.serving.chat_inputs import chat_input_from_request, render_prompt
+from vlmopt.serving.families import scoring_inputs
 from vlmopt.serving.label_scoring import (
     ClassifierField,
     candidate_tokens,
@@ -153,12 +154,19 @@ def test_demos_and_system_prompt_reach_the_model(lm):
 @torch.inference_mode()
 def unpadded_answer_scores(engine, prompt: str, images: list, answers: list[list[int]], shared: int) -> list[float]:
     """The reference: one plain forward per answer (no batching, no cache, no logits_to_keep), each
-    answer's log-prob summed over its tokens after the ``shared`` prefix all answers have in common."""
-    encoded = engine.processor(text=[prompt], images=[images], return_tensors="pt")
-    extra = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask", "token_type_ids")}
+    answer's log-prob summed over its tokens after the ``shared`` prefix all answers have in common.
+
+    Token types, where the family uses them, continue past the prompt as the answer's own type:
+    text (0) after Gemma 3's images, suffix (1) after PaliGemma's bidirectional prefix."""
+    encoded = engine.processor(text=[prompt], images=[images], add_special_tokens=False, return_tensors="pt")
+    extra = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask", "token_type_ids", "labels")}
     scores = []
     for answer in answers:
         ids = torch.cat([encoded["input_ids"], torch.tensor([answer])], dim=1)
+        if engine.family.token_types:
+            answer_type = 1 if engine.family.token_types == "prefix" else 0
+            extra["token_type_ids"] = torch.cat([encoded["token_type_ids"],
+                                                 torch.full((1, len(answer)), answer_type)], dim=1)
         logprobs = engine.model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits[0].log_softmax(-1)
         start = ids.shape[1] - len(answer)
         scores.append(sum(float(logprobs[start + t - 1, answer[t]]) for t in range(shared, len(answer))))
@@ -210,11 +218,24 @@ def test_prefix_reused_scores_equal_unpadded_per_label_forwards(lm):
     candidates = [candidate_tokens(engine.tokenizer, field) for _, field in SCORING_JOBS]
     batch = engine._encode(prompts, images)
     assert batch["attention_mask"].sum(1).tolist()[0] < batch["input_ids"].shape[1]  # left padding is exercised
-    inputs = {k: v for k, v in batch.items() if k not in ("token_type_ids", *engine.family.drop_inputs)}
+    inputs = scoring_inputs(engine.family, batch)
     got = score_candidates(engine.model, inputs, candidates, pad_token_id=engine.pad_token_id, family=engine.family)
     for prompt, image_list, cands, scores in zip(prompts, images, candidates, got, strict=True):
         want = unpadded_answer_scores(engine, prompt, image_list, cands.tokens, cands.shared)
         assert scores == pytest.approx(want, abs=1e-4)
+
+
+def test_prompt_carries_the_template_special_tokens_once(lm):
+    """The engine encodes what the chat template rendered, adding no BOS of its own (Gemma 3's tokenizer would)."""
+    engine = lm.engine
+    chat = chat_input_from_request(Request(model=lm.model, messages=(
+        Message.user([TextPart("Which?"), _image_part("red", (48, 40))]),)))
+    prompt = render_prompt(engine.processor, chat)
+    ids = engine._encode([prompt], [chat.images])["input_ids"][0].tolist()
+    bos = engine.tokenizer.bos_token_id
+    assert bos is None or ids[:2] != [bos, bos]
+    if bos is not None and prompt.startswith(engine.tokenizer.bos_token):
+        assert ids[0] == bos
 
 
 def test_reasoning_then_answer_validates(lm):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dspy.lm15 import DataPart, ImagePart, Request, TextPart
 from PIL import Image
+from transformers import BatchFeature
 
 from vlmopt.datasets.images import normalize_image, open_image
 
@@ -100,4 +101,17 @@ def render_prompt(processor, chat: ChatInput) -> str:
     return processor.apply_chat_template(chat.messages, add_generation_prompt=True, tokenize=False)
 
 
-__all__ = ["ChatInput", "chat_input_from_request", "decode_image", "render_prompt"]
+def encode_prompts(processor, prompts: list[str], images: list[list[Image.Image]], **kwargs):
+    """The processor's tensors for rendered prompts (``render_prompt``), one row per prompt.
+
+    Special tokens come from the chat template alone, as ``apply_chat_template(tokenize=True)``
+    does: a tokenizer that also adds BOS itself (Gemma 3's) would otherwise start every prompt
+    with two. A batch without images goes to the tokenizer, since some processors (PaliGemma's)
+    refuse text alone.
+    """
+    if any(images):
+        return processor(text=prompts, images=images, add_special_tokens=False, return_tensors="pt", **kwargs)
+    return BatchFeature(dict(processor.tokenizer(prompts, add_special_tokens=False, return_tensors="pt", **kwargs)))
+
+
+__all__ = ["ChatInput", "chat_input_from_request", "decode_image", "encode_prompts", "render_prompt"]

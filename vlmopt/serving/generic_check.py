@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from vlmopt.serving.chat_inputs import ChatInput, render_prompt
-from vlmopt.serving.families import UnsupportedModelError, supported_families
+from vlmopt.serving.families import GENERIC, UnsupportedModelError, scoring_inputs, supported_families
 from vlmopt.serving.label_scoring import ClassifierField, candidate_tokens, score_candidates
 
 TOLERANCE = 1e-3
@@ -44,7 +44,7 @@ def check_generic_scoring(engine) -> None:
     name = f"{engine.source.name!r} ({getattr(engine.model.config, 'model_type', '?')})"
     try:
         batch = engine._encode([render_prompt(engine.processor, chat)], [chat.images])
-        inputs = {k: v for k, v in batch.items() if k not in ("token_type_ids", "labels")}
+        inputs = scoring_inputs(GENERIC, batch)
         candidates = candidate_tokens(engine.tokenizer, PROBE_FIELD)
         cached = score_candidates(engine.model, inputs, [candidates], pad_token_id=engine.pad_token_id)[0]
         plain = plain_scores(engine.model, inputs, candidates.tokens, candidates.shared)

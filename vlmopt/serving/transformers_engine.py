@@ -41,8 +41,8 @@ from transformers import LogitsProcessorList
 
 from vlmopt.serving import label_scoring
 from vlmopt.serving.batching import BatchStats, MicroBatcher
-from vlmopt.serving.chat_inputs import chat_input_from_request, render_prompt
-from vlmopt.serving.families import GENERIC
+from vlmopt.serving.chat_inputs import chat_input_from_request, encode_prompts, render_prompt
+from vlmopt.serving.families import GENERIC, scoring_inputs
 from vlmopt.serving.generic_check import check_generic_scoring
 from vlmopt.serving.grammar import GrammarCompiler, GrammarLogitsProcessor
 from vlmopt.serving.model_loading import load_model, locate_model
@@ -197,8 +197,7 @@ class TransformersEngine:
     def count_prompt_tokens(self, request: Request) -> int:
         """Tokens the prompt of ``request`` takes (image tokens included), without running the model."""
         job = self._prepare(request)
-        batch = self.processor(text=[job.prompt], images=[job.images] if job.images else None, return_tensors="pt")
-        return int(batch["input_ids"].shape[-1])
+        return int(encode_prompts(self.processor, [job.prompt], [job.images])["input_ids"].shape[-1])
 
     # --- caller thread: everything that can fail for this request alone -----------------------
     def _prepare(self, request: Request) -> _Job:
@@ -239,8 +238,7 @@ class TransformersEngine:
         return results
 
     def _encode(self, prompts: list[str], images: list[list[Image.Image]]):
-        batch = self.processor(text=prompts, images=images if any(images) else None, padding=True,
-                               return_tensors="pt")
+        batch = encode_prompts(self.processor, prompts, images, padding=True)
         return batch.to(self.device, dtype=self.model.dtype)  # casts only the floating tensors (pixels)
 
     @torch.inference_mode()
@@ -315,7 +313,7 @@ class TransformersEngine:
         candidates = [self._candidate_tokens(job.classifier) for job in jobs]
         batch = self._encode([job.prompt for job in jobs], [job.images for job in jobs])
         prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
-        inputs = {k: v for k, v in batch.items() if k not in ("token_type_ids", *self.family.drop_inputs)}
+        inputs = scoring_inputs(self.family, batch)
         scores = label_scoring.score_candidates(self.model, inputs, candidates, pad_token_id=self.pad_token_id,
                                                 family=self.family)
         self.stats.add(score_calls=1)
