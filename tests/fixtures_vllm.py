@@ -28,6 +28,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SETUP_SCRIPT = REPO_ROOT / "scripts" / "setup_vllm_venv.sh"
 SERVED_MODEL_NAME = "tiny-idefics3"
 
+FAST_START_ARGS = ("--enforce-eager", "--distributed-executor-backend", "uni")
+"""vLLM flags for the tests' CPU servers: no torch.compile and no separate worker process. Measured on
+the tiny Idefics3 here: healthy after 45 s instead of 111 s; the answers' numerics are the model's
+own eager forward (the tests' tolerances are unchanged)."""
+
 
 @dataclass(frozen=True)
 class VLLMEndpoint:
@@ -68,6 +73,7 @@ def vllm_server(vllm_python, tiny_idefics3_dir, tmp_path_factory) -> Iterator[VL
         served_model_name=SERVED_MODEL_NAME,
         max_model_len=4096,
         limit_mm_per_prompt={"image": 4},
+        extra_args=FAST_START_ARGS,
         log_path=tmp_path_factory.mktemp("vllm") / "server.log",
     )
     with server:

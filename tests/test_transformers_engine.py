@@ -28,7 +28,7 @@ from pydantic import BaseModel, TypeAdapter
 from fixtures_models import TINY_ARCHS
 from vlmopt.programs.adapter import create_adapter
 from vlmopt.programs.classify import Classify
-from vlmopt.serving.chat_inputs import chat_input_from_request, render_prompt
+from vlmopt.serving.chat_inputs import chat_input_from_request, encode_prompts
 from vlmopt.serving.families import scoring_inputs
 from vlmopt.serving.label_scoring import (
     ClassifierField,
@@ -147,7 +147,7 @@ def test_demos_and_system_prompt_reach_the_model(lm):
     chat = chat_input_from_request(last_request(lm))
     assert [m["role"] for m in chat.messages] == ["system", "user", "assistant", "user"]
     assert len(chat.images) == 2 and chat.images[0].getpixel((0, 0)) == (0, 0, 255)
-    prompt = render_prompt(lm.engine.processor, chat)
+    prompt = lm.engine.render_prompt(chat)
     assert "Classify the animal in the image." in prompt and '"label": "dog"' in prompt
 
 
@@ -156,17 +156,20 @@ def unpadded_answer_scores(engine, prompt: str, images: list, answers: list[list
     """The reference: one plain forward per answer (no batching, no cache, no logits_to_keep), each
     answer's log-prob summed over its tokens after the ``shared`` prefix all answers have in common.
 
-    Token types, where the family uses them, continue past the prompt as the answer's own type:
-    text (0) after Gemma 3's images, suffix (1) after PaliGemma's bidirectional prefix."""
-    encoded = engine.processor(text=[prompt], images=[images], add_special_tokens=False, return_tensors="pt")
+    Per-token type ids continue past the prompt as the answer's own type: text (0) after Gemma 3's
+    images and in Qwen's mm_token_type_ids, suffix (1) after PaliGemma's bidirectional prefix."""
+    encoded = encode_prompts(engine.processor, [prompt], [images])
+    types = {"mm_token_type_ids": 0, "token_type_ids": 1 if engine.family.token_types == "prefix" else 0}
+    if not engine.family.token_types:
+        types.pop("token_type_ids")
     extra = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask", "token_type_ids", "labels")}
     scores = []
     for answer in answers:
         ids = torch.cat([encoded["input_ids"], torch.tensor([answer])], dim=1)
-        if engine.family.token_types:
-            answer_type = 1 if engine.family.token_types == "prefix" else 0
-            extra["token_type_ids"] = torch.cat([encoded["token_type_ids"],
-                                                 torch.full((1, len(answer)), answer_type)], dim=1)
+        for key, answer_type in types.items():
+            if key in encoded:
+                extra[key] = torch.cat([encoded[key], torch.full((1, len(answer)), answer_type,
+                                                                 dtype=encoded[key].dtype)], dim=1)
         logprobs = engine.model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits[0].log_softmax(-1)
         start = ids.shape[1] - len(answer)
         scores.append(sum(float(logprobs[start + t - 1, answer[t]]) for t in range(shared, len(answer))))
@@ -177,7 +180,7 @@ def test_label_probabilities_match_a_direct_computation(lm):
     pred = predict(lm, Single, image=image("green"))
     engine = lm.engine
     chat = chat_input_from_request(last_request(lm))
-    prompt = render_prompt(engine.processor, chat)
+    prompt = engine.render_prompt(chat)
     answers = [engine.tokenizer.encode(json.dumps({"label": a}, separators=(",", ":")), add_special_tokens=False)
                for a in ANIMALS]
     shared = next(i for i in range(len(answers[0])) if len({tuple(a[: i + 1]) for a in answers}) > 1)
@@ -212,7 +215,7 @@ def test_prefix_reused_scores_equal_unpadded_per_label_forwards(lm):
         messages = tuple(
             Message.user([TextPart(text), _image_part(color, size)]) if role == "user" else Message.assistant(text)
             for role, text, color, size in turns)
-        prompts.append(render_prompt(engine.processor, chat_input_from_request(Request(model=lm.model,
+        prompts.append(engine.render_prompt(chat_input_from_request(Request(model=lm.model,
                                                                                        messages=messages))))
         images.append([Image.open(io.BytesIO(png(color, size))) for role, _, color, size in turns if color])
     candidates = [candidate_tokens(engine.tokenizer, field) for _, field in SCORING_JOBS]
@@ -230,12 +233,28 @@ def test_prompt_carries_the_template_special_tokens_once(lm):
     engine = lm.engine
     chat = chat_input_from_request(Request(model=lm.model, messages=(
         Message.user([TextPart("Which?"), _image_part("red", (48, 40))]),)))
-    prompt = render_prompt(engine.processor, chat)
+    prompt = engine.render_prompt(chat)
     ids = engine._encode([prompt], [chat.images])["input_ids"][0].tolist()
     bos = engine.tokenizer.bos_token_id
     assert bos is None or ids[:2] != [bos, bos]
     if bos is not None and prompt.startswith(engine.tokenizer.bos_token):
         assert ids[0] == bos
+
+
+def test_text_only_scoring_after_images_equals_plain_forwards(lm):
+    """A batch with no image after batches with images: nothing an image prompt left behind (Qwen's
+    rope deltas) may leak into it."""
+    engine = lm.engine
+    predict(lm, Single, image=image("red"))
+    prompts = [engine.render_prompt(chat_input_from_request(Request(model=lm.model, messages=(
+        Message.user(text),)))) for text in ("Cat?", "Which animal is meant by the word 'purr', please?")]
+    candidates = [candidate_tokens(engine.tokenizer, ClassifierField("label", ANIMALS))] * 2
+    batch = engine._encode(prompts, [[], []])
+    got = score_candidates(engine.model, scoring_inputs(engine.family, batch), candidates,
+                           pad_token_id=engine.pad_token_id, family=engine.family)
+    for prompt, cands, scores in zip(prompts, candidates, got, strict=True):
+        assert scores == pytest.approx(unpadded_answer_scores(engine, prompt, [], cands.tokens, cands.shared),
+                                       abs=1e-4)
 
 
 def test_reasoning_then_answer_validates(lm):

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from fixtures_models import VLLM_CPU_ARCHS
+from fixtures_vllm import FAST_START_ARGS
 from vlmopt.config import TaskSpec
 from vlmopt.programs import create_program
 from vlmopt.programs.confidence import label_confidence
@@ -54,6 +55,7 @@ def family_server(request, vllm_python, tiny_model_dir, tmp_path_factory):
     server = VLLMServer(
         str(model_dir), python=vllm_python, served_model_name=f"tiny-{request.param}",
         max_model_len=default_max_model_len(str(model_dir)), limit_mm_per_prompt={"image": 4},
+        extra_args=FAST_START_ARGS,
         log_path=tmp_path_factory.mktemp(f"vllm-{request.param}") / "server.log",
     )
     with server:

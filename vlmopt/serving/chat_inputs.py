@@ -96,9 +96,14 @@ def _b64(data: str) -> bytes:
         raise ValueError(f"image data is not valid base64 ({exc})") from exc
 
 
-def render_prompt(processor, chat: ChatInput) -> str:
-    """The model's own chat template applied, ending with the assistant turn's opening."""
-    return processor.apply_chat_template(chat.messages, add_generation_prompt=True, tokenize=False)
+def render_prompt(processor, chat: ChatInput, **template_kwargs) -> str:
+    """The model's own chat template applied, ending with the assistant turn's opening.
+
+    ``template_kwargs`` are the template's own switches (``enable_thinking=False`` for Qwen3.5, whose
+    generation prompt otherwise opens a reasoning block before the answer).
+    """
+    return processor.apply_chat_template(chat.messages, add_generation_prompt=True, tokenize=False,
+                                         **template_kwargs)
 
 
 def encode_prompts(processor, prompts: list[str], images: list[list[Image.Image]], **kwargs):

@@ -69,6 +69,7 @@ class ModelFamily:
     token_types: Literal["image", "prefix"] | None = None  # what the processor's token_type_ids mark, if used
     requires: tuple[str, ...] = ()  # extra Python packages its processor imports
     default_chat_template: str | None = None  # for checkpoints that ship no chat template
+    template_kwargs: tuple[tuple[str, object], ...] = ()  # switches the chat template is rendered with
     dtype: str = "bfloat16 on GPU, float32 on CPU"
     notes: str = ""
 
@@ -126,6 +127,14 @@ FAMILIES: tuple[ModelFamily, ...] = (
         "Qwen3-VL", ("qwen3_vl",), "Qwen/Qwen3-VL-2B-Instruct", "qwen3_vl",
         VllmSupport("Qwen3VLForConditionalGeneration", cpu=True), positions="mrope",
         notes="interleaved M-RoPE, DeepStack vision features",
+    ),
+    ModelFamily(
+        "Qwen3.5", ("qwen3_5",), "Qwen/Qwen3.5-0.8B", "qwen3_5",
+        VllmSupport("Qwen3_5ForConditionalGeneration", cpu=False,
+                    reason="not run on the CPU build here; its answers need chat_template_kwargs on the vLLM path"),
+        positions="mrope",
+        template_kwargs=(("enable_thinking", False),),  # the generation prompt opens <think> otherwise
+        notes="hybrid LM (Gated DeltaNet + gated attention); the template's thinking block is closed for answers",
     ),
     ModelFamily(
         "Gemma 3", ("gemma3",), "google/gemma-3-4b-it", "gemma3",
@@ -212,7 +221,7 @@ def scoring_inputs(family: ModelFamily, batch) -> dict[str, torch.Tensor]:
 
 
 def answer_position_ids(family: ModelFamily, model, full_mask: torch.Tensor, width: int,
-                        owner: torch.Tensor) -> torch.Tensor | None:
+                        owner: torch.Tensor, *, vision: bool = True) -> torch.Tensor | None:
     """Position ids of ``width`` answer tokens appended to cached prompts; None: the model's default.
 
     ``full_mask`` is the prompt mask (rows repeated per answer: ``owner``) followed by the answers'
@@ -220,10 +229,17 @@ def answer_position_ids(family: ModelFamily, model, full_mask: torch.Tensor, wid
     cache length, as in one unsplit forward over the padded prompt. M-RoPE families continue from
     each prompt's own largest position: text positions (padding skipped) plus the ``rope_deltas``
     the model stored during the prompt pass — what transformers' Qwen-VL models do between decoding
-    steps (``compute_3d_position_ids``), for every answer row at once.
+    steps (``compute_3d_position_ids``), for every answer row at once. A batch without images
+    (``vision=False``) leaves the stored deltas of an earlier batch in place, unused by its prompt
+    pass, which numbered the padded width 0 .. P-1; its answers continue from P, explicitly, since
+    the model would add those stale deltas.
     """
     if family.positions == "sequential":
         return None
+    if not vision:
+        start = full_mask.shape[1] - width
+        steps = torch.arange(start, start + width, device=full_mask.device)
+        return steps.view(1, 1, -1).expand(3, full_mask.shape[0], -1)
     deltas = getattr(getattr(model, "model", model), "rope_deltas", None)
     if deltas is None:
         raise UnsupportedModelError(f"{family.name}: the prompt pass left no rope_deltas to continue from")

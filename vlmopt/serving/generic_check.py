@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from vlmopt.serving.chat_inputs import ChatInput, render_prompt
+from vlmopt.serving.chat_inputs import ChatInput
 from vlmopt.serving.families import GENERIC, UnsupportedModelError, scoring_inputs, supported_families
 from vlmopt.serving.label_scoring import ClassifierField, candidate_tokens, score_candidates
 
@@ -43,7 +43,7 @@ def check_generic_scoring(engine) -> None:
                      images=[Image.new("RGB", (64, 64), (128, 128, 128))])
     name = f"{engine.source.name!r} ({getattr(engine.model.config, 'model_type', '?')})"
     try:
-        batch = engine._encode([render_prompt(engine.processor, chat)], [chat.images])
+        batch = engine._encode([engine.render_prompt(chat)], [chat.images])
         inputs = scoring_inputs(GENERIC, batch)
         candidates = candidate_tokens(engine.tokenizer, PROBE_FIELD)
         cached = score_candidates(engine.model, inputs, [candidates], pad_token_id=engine.pad_token_id)[0]

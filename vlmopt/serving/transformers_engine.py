@@ -41,7 +41,7 @@ from transformers import LogitsProcessorList
 
 from vlmopt.serving import label_scoring
 from vlmopt.serving.batching import BatchStats, MicroBatcher
-from vlmopt.serving.chat_inputs import chat_input_from_request, encode_prompts, render_prompt
+from vlmopt.serving.chat_inputs import ChatInput, chat_input_from_request, encode_prompts, render_prompt
 from vlmopt.serving.families import GENERIC, scoring_inputs
 from vlmopt.serving.generic_check import check_generic_scoring
 from vlmopt.serving.grammar import GrammarCompiler, GrammarLogitsProcessor
@@ -194,6 +194,10 @@ class TransformersEngine:
         config = getattr(self.model.config, "text_config", None) or self.model.config
         return getattr(config, "max_position_embeddings", None)
 
+    def render_prompt(self, chat: ChatInput) -> str:
+        """The prompt text this engine runs for ``chat``: the model's template with its family's switches."""
+        return render_prompt(self.processor, chat, **dict(self.family.template_kwargs))
+
     def count_prompt_tokens(self, request: Request) -> int:
         """Tokens the prompt of ``request`` takes (image tokens included), without running the model."""
         job = self._prepare(request)
@@ -207,7 +211,7 @@ class TransformersEngine:
             raise UnsupportedFeatureError(f"the transformers engine cannot honour {refused}", feature=refused[0])
         try:
             chat = chat_input_from_request(request)
-            prompt = render_prompt(self.processor, chat)
+            prompt = self.render_prompt(chat)
         except ValueError as exc:
             raise InvalidRequestError(str(exc)) from exc
         job = _Job(prompt=prompt, images=chat.images, max_new_tokens=config.max_tokens or self.max_new_tokens,

@@ -42,6 +42,7 @@ BUILDERS: dict[str, str] = {
     "paligemma": "paligemma:build_paligemma",
     "qwen2_5_vl": "qwen_vl:build_qwen2_5_vl",
     "qwen2_vl": "qwen_vl:build_qwen2_vl",
+    "qwen3_5": "qwen_vl:build_qwen3_5",
     "qwen3_vl": "qwen_vl:build_qwen3_vl",
     "smolvlm": "smolvlm:build_smolvlm",
 }

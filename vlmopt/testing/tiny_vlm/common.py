@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForImageTextToText, GenerationConfig, PreTrainedTokenizerFast
 
@@ -129,6 +130,14 @@ def save(out_dir: Path, model, processor, tokenizer) -> Path:
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+def rename_weights(out_dir: Path, old_prefix: str, new_prefix: str) -> None:
+    """Rewrite saved weight names to a hub checkpoint's layout (e.g. one vLLM reads and transformers still loads)."""
+    path = out_dir / "model.safetensors"
+    weights = load_file(path)
+    renamed = {new_prefix + k[len(old_prefix):] if k.startswith(old_prefix) else k: v for k, v in weights.items()}
+    save_file(renamed, path, metadata={"format": "pt"})
 
 
 def init_model(config, seed: int):

@@ -11,6 +11,7 @@ from vlmopt.testing.tiny_vlm.common import (
     TEXT_DIMS,
     VISION_DIMS,
     init_model,
+    rename_weights,
     save,
     train_tokenizer,
     wrap_tokenizer,
@@ -59,11 +60,18 @@ def build_lfm2_vl(out_dir: Path, seed: int) -> Path:
            "eos_token_id": tokenizer.eos_token_id}
     config = Lfm2VlConfig(
         text_config={"model_type": "lfm2", "vocab_size": len(tokenizer), **TEXT_DIMS, **ids,
-                     "layer_types": LFM2_LAYER_TYPES, "block_auto_adjust_ff_dim": False},
+                     "layer_types": LFM2_LAYER_TYPES, "block_auto_adjust_ff_dim": False,
+                     # the hub config states them (vLLM's lfm2 reads them; transformers 5.24 derives them)
+                     "conv_dim": TEXT_DIMS["hidden_size"], "conv_dim_out": TEXT_DIMS["hidden_size"],
+                     "block_dim": TEXT_DIMS["hidden_size"]},
         vision_config={"model_type": "siglip2_vision_model", **VISION_DIMS,
                        "num_patches": image_processor.max_num_patches, "vision_use_head": False},
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         projector_hidden_size=TEXT_DIMS["hidden_size"], downsample_factor=2,
         architectures=["Lfm2VlForConditionalGeneration"], **ids,
     )
-    return save(out_dir, init_model(config, seed), processor, tokenizer)
+    save(out_dir, init_model(config, seed), processor, tokenizer)
+    # LiquidAI/LFM2-VL-450M names its SigLIP2 weights model.vision_tower.vision_model.*, the layout vLLM 0.32
+    # loads; transformers 5.24 saves them without "vision_model." and reads both.
+    rename_weights(out_dir, "model.vision_tower.", "model.vision_tower.vision_model.")
+    return out_dir
