@@ -11,8 +11,9 @@ from vlmopt.testing.tiny_vlm import build_tiny_vlm
 TINY_ARCHS = tuple(family.tiny_arch for family in FAMILIES if family.tiny_arch)
 """Every registered family's tiny build: the conformance matrix's rows."""
 
-VLLM_CPU_ARCHS = tuple(family.tiny_arch for family in FAMILIES if family.tiny_arch and family.vllm.cpu)
-"""The families the CPU vLLM build serves here: the vLLM conformance rows."""
+def vllm_archs(feature: str) -> tuple[str, ...]:
+    """The families whose ``feature`` the CPU vLLM build serves here: that vLLM conformance test's rows."""
+    return tuple(family.tiny_arch for family in FAMILIES if family.tiny_arch and family.vllm.supports(feature))
 
 
 @pytest.fixture(scope="session")

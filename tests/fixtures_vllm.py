@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SETUP_SCRIPT = REPO_ROOT / "scripts" / "setup_vllm_venv.sh"
 SERVED_MODEL_NAME = "tiny-idefics3"
 
-FAST_START_ARGS = ("--enforce-eager", "--distributed-executor-backend", "uni")
+FAST_START_ARGS = ("--enforce-eager", "--distributed-executor-backend", "uni", "--dtype", "float32")
 """vLLM flags for the tests' CPU servers: no torch.compile and no separate worker process. Measured on
 the tiny Idefics3 here: healthy after 45 s instead of 111 s; the answers' numerics are the model's
 own eager forward (the tests' tolerances are unchanged)."""

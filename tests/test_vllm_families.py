@@ -16,7 +16,7 @@ import dspy
 import pytest
 from PIL import Image
 
-from fixtures_models import VLLM_CPU_ARCHS
+from fixtures_models import vllm_archs
 from fixtures_vllm import FAST_START_ARGS
 from vlmopt.config import TaskSpec
 from vlmopt.programs import create_program
@@ -42,9 +42,9 @@ class DescribeShape(dspy.Signature):
     shape: Literal[tuple(SHAPES)] = dspy.OutputField()
 
 
-@pytest.fixture(scope="module", params=VLLM_CPU_ARCHS)
+@pytest.fixture(scope="module")
 def family_server(request, vllm_python, tiny_model_dir, tmp_path_factory):
-    """(server, model dir) for one family; the server stops when the module's tests for it are done.
+    """(server, model dir) for one family (each test's indirect parameter); one server per family at a time.
 
     Idefics3 reuses the session's server (``vllm_server``, the same tiny build) instead of a second one.
     """
@@ -71,6 +71,7 @@ def _program():
     return create_program(TaskSpec(labels=SHAPES), SHAPES)
 
 
+@pytest.mark.parametrize("family_server", vllm_archs("json_schema"), indirect=True)
 def test_single_label_is_one_of_the_labels(family_server):
     server, _ = family_server
     lm = create_openai_lm(server.base_url, server.served_model_name, max_tokens=32, cache=False)
@@ -82,13 +83,14 @@ def test_single_label_is_one_of_the_labels(family_server):
         assert json.loads(prediction.raw_output) == {"label": prediction.label}  # compact JSON, one field
 
 
+@pytest.mark.parametrize("family_server", vllm_archs("probabilities"), indirect=True)
 def test_label_probabilities_agree_with_in_process(family_server):
     server, model_dir = family_server
     in_process = create_in_process_lm(str(model_dir), cache=False)
     served = create_vllm_lm(server.base_url, server.served_model_name, max_tokens=32, cache=False)
     program = _program()
     try:
-        for image in _images():
+        for image in _images()[:2]:
             with dspy.context(lm=in_process):
                 expected, _ = label_confidence(program(image=image))
             with dspy.context(lm=served):
@@ -101,6 +103,7 @@ def test_label_probabilities_agree_with_in_process(family_server):
         in_process.engine.close()
 
 
+@pytest.mark.parametrize("family_server", vllm_archs("multi_field"), indirect=True)
 def test_multi_field_answers_validate(family_server):
     server, _ = family_server
     lm = create_openai_lm(server.base_url, server.served_model_name, max_tokens=48, cache=False)
@@ -110,6 +113,7 @@ def test_multi_field_answers_validate(family_server):
         assert prediction.color in COLORS and prediction.shape in SHAPES
 
 
+@pytest.mark.parametrize("family_server", vllm_archs("demos"), indirect=True)
 def test_few_shot_demos_with_images(family_server):
     server, _ = family_server
     lm = create_openai_lm(server.base_url, server.served_model_name, max_tokens=32, cache=False)

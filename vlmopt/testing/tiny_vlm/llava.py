@@ -27,6 +27,7 @@ from vlmopt.testing.tiny_vlm.common import (
     init_model,
     save,
     train_tokenizer,
+    use_hub_vision_layout,
     wrap_tokenizer,
 )
 
@@ -100,7 +101,9 @@ def build_llava(out_dir: Path, seed: int) -> Path:
         vision_feature_select_strategy="default", vision_feature_layer=-2,
         architectures=["LlavaForConditionalGeneration"], **ids,
     )
-    return save(out_dir, init_model(config, seed), processor, tokenizer)
+    save(out_dir, init_model(config, seed), processor, tokenizer)
+    use_hub_vision_layout(out_dir)
+    return out_dir
 
 
 def build_llava_onevision(out_dir: Path, seed: int) -> Path:
@@ -140,4 +143,6 @@ def build_llava_onevision(out_dir: Path, seed: int) -> Path:
         vision_feature_select_strategy="full", vision_feature_layer=-1, tie_word_embeddings=True,
         architectures=["LlavaOnevisionForConditionalGeneration"], **ids,
     )
-    return save(out_dir, init_model(config, seed), processor, tokenizer)
+    save(out_dir, init_model(config, seed), processor, tokenizer)
+    use_hub_vision_layout(out_dir)
+    return out_dir

@@ -13,6 +13,7 @@ from vlmopt.testing.tiny_vlm.common import (
     init_model,
     save,
     train_tokenizer,
+    use_hub_vision_layout,
     wrap_tokenizer,
 )
 
@@ -30,7 +31,7 @@ def build_paligemma(out_dir: Path, seed: int) -> Path:
     processor call, and ``labels`` too (all -100 unless a ``suffix`` is given).
     """
     tokenizer = wrap_tokenizer(
-        train_tokenizer(_PALIGEMMA_SPECIALS), None, pad_token="<pad>", bos_token="<bos>",
+        train_tokenizer(_PALIGEMMA_SPECIALS, newline_token=True), None, pad_token="<pad>", bos_token="<bos>",
         eos_token="<eos>", unk_token="<unk>", extra_special_tokens={"image_token": "<image>"},
     )
     patch = VISION_DIMS["patch_size"]
@@ -54,4 +55,6 @@ def build_paligemma(out_dir: Path, seed: int) -> Path:
         image_token_index=processor.image_token_id, vocab_size=len(tokenizer), projection_dim=hidden,
         hidden_size=hidden, architectures=["PaliGemmaForConditionalGeneration"], **ids,
     )
-    return save(out_dir, init_model(config, seed), processor, tokenizer)
+    save(out_dir, init_model(config, seed), processor, tokenizer)
+    use_hub_vision_layout(out_dir)
+    return out_dir
