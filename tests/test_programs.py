@@ -134,3 +134,12 @@ def test_dspy_chat_adapter_does_not_retry_invalid_answers_through_json():
         pred = program(image=image())
     assert len(calls) == 1 and pred.valid is False and "pug" in pred.raw_output
     assert "[[ ## image ## ]]" in calls[0].query_text
+
+
+@pytest.mark.parametrize("adapter", ["compact", "dspy"])
+def test_an_empty_free_text_answer_is_recorded_as_empty_text(adapter):
+    """A model that writes only special tokens decodes to "": the record keeps "", not the output object's repr."""
+    program = create_program(TaskSpec(**TASK, structured_generation=False, adapter=adapter))
+    pred, _ = run(program, "")
+    assert pred.valid is False and pred.label is None
+    assert pred.raw_output == ""
