@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from vlmopt.datasets.images import to_dspy_image
-from vlmopt.serving.chat_inputs import chat_input_from_request, render_prompt
+from vlmopt.serving.chat_inputs import chat_input_from_request
 from vlmopt.serving.transformers_engine import create_lm
 from vlmopt.testing.bench_vlm import build_bench_idefics3
 from vlmopt.testing.tiny_vlm import build_tiny_vlm
@@ -77,7 +77,7 @@ def first_prompt(lm: dspy.LM, images: list[Image.Image]) -> str:
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
         dspy.Predict(Animal)(image=to_dspy_image(images[0]))
     request = dspy.lm15.request_from_openai_chat({"model": lm.model, "messages": lm.history[-1]["messages"]})
-    return render_prompt(lm.engine.processor, chat_input_from_request(request))
+    return lm.engine.render_prompt(chat_input_from_request(request))
 
 
 @torch.inference_mode()

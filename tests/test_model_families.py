@@ -18,11 +18,13 @@ from dataclasses import replace
 import pytest
 from transformers import AutoConfig
 
+import support_matrix
 from fixtures_models import TINY_ARCHS
-from vlmopt.serving import families
-from vlmopt.serving.families import FAMILIES, GENERIC, UnsupportedModelError, family_for_config
+from vlmopt.serving import families, generic_check
+from vlmopt.serving.chat_inputs import ChatInput
+from vlmopt.serving.families import FAMILIES, GENERIC, VLLM_FEATURES, UnsupportedModelError, family_for_config
 from vlmopt.serving.transformers_engine import TransformersEngine
-from vlmopt.serving.vllm_server import DEFAULT_MAX_MODEL_LEN, default_max_model_len, model_max_len
+from vlmopt.serving.vllm_server import DEFAULT_MAX_MODEL_LEN, default_max_model_len, family_args, model_max_len
 from vlmopt.testing.tiny_vlm import BUILDERS
 
 
@@ -120,3 +122,37 @@ def test_serve_without_vllm_says_how_to_get_it(tiny_idefics3_dir):
     result = _serve(str(tiny_idefics3_dir), "--python", sys.executable)  # the main venv has no vLLM
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "has no vLLM" in result.stderr and "VLMOPT_VLLM_PYTHON" in result.stderr
+
+
+def test_generic_check_refuses_scores_that_differ_without_an_error(monkeypatch, tiny_idefics3_dir):
+    """The check's reason to exist: cached scores that are wrong without any exception."""
+    _without(monkeypatch, "idefics3")
+    real = generic_check.score_candidates
+    monkeypatch.setattr(generic_check, "score_candidates",
+                        lambda *args, **kwargs: [[s + 0.01 for s in row] for row in real(*args, **kwargs)])
+    with pytest.raises(UnsupportedModelError, match="differ from a plain forward"):
+        TransformersEngine(str(tiny_idefics3_dir))
+
+
+def test_qwen3_5_answers_after_a_closed_thinking_block(tiny_model_dir):
+    engine = TransformersEngine(str(tiny_model_dir("qwen3_5")))
+    try:
+        chat = ChatInput(messages=[{"role": "user", "content": [{"type": "text", "text": "Cat?"}]}])
+        assert engine.render_prompt(chat).endswith("<think>\n\n</think>\n\n")
+    finally:
+        engine.close()
+
+
+def test_unsupported_vllm_features_are_known_features():
+    assert {key for _, key in support_matrix.VLLM.values()} == set(VLLM_FEATURES)
+    for family in FAMILIES:
+        assert set(dict(family.vllm.unsupported)) <= set(VLLM_FEATURES), family.name
+
+
+def test_vllm_gets_the_family_template_and_switches(tmp_path, tiny_model_dir, tiny_idefics3_dir):
+    paligemma = family_args(str(tiny_model_dir("paligemma")), tmp_path)
+    assert paligemma[0] == "--chat-template"
+    assert (tmp_path / "chat_template.jinja").read_text() == families.PALIGEMMA_CHAT_TEMPLATE
+    assert family_args(str(tiny_model_dir("qwen3_5")), tmp_path) == [
+        "--default-chat-template-kwargs", '{"enable_thinking": false}']
+    assert family_args(str(tiny_idefics3_dir), tmp_path) == []  # it ships its own template

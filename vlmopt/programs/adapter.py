@@ -53,7 +53,7 @@ class KeepRawOutput:
             # An empty answer (the model wrote only special tokens) is reported by DSPy with the whole
             # output's repr (text plus per-token log-probs); the record keeps the text, which is "".
             if len(outputs) == 1 and isinstance(outputs[0], dict) and not outputs[0].get("text"):
-                err.lm_response = outputs[0].get("text") or ""
+                err.lm_response = ""
             raise
         for value, output in zip(values, outputs, strict=True):
             value[RAW_KEY] = output.get("text") if isinstance(output, dict) else output

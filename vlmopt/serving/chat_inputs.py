@@ -96,7 +96,7 @@ def _b64(data: str) -> bytes:
         raise ValueError(f"image data is not valid base64 ({exc})") from exc
 
 
-def render_prompt(processor, chat: ChatInput, **template_kwargs) -> str:
+def render_chat_template(processor, chat: ChatInput, **template_kwargs) -> str:
     """The model's own chat template applied, ending with the assistant turn's opening.
 
     ``template_kwargs`` are the template's own switches (``enable_thinking=False`` for Qwen3.5, whose
@@ -107,7 +107,7 @@ def render_prompt(processor, chat: ChatInput, **template_kwargs) -> str:
 
 
 def encode_prompts(processor, prompts: list[str], images: list[list[Image.Image]], **kwargs):
-    """The processor's tensors for rendered prompts (``render_prompt``), one row per prompt.
+    """The processor's tensors for rendered prompts (``render_chat_template``), one row per prompt.
 
     Special tokens come from the chat template alone, as ``apply_chat_template(tokenize=True)``
     does: a tokenizer that also adds BOS itself (Gemma 3's) would otherwise start every prompt
@@ -119,4 +119,4 @@ def encode_prompts(processor, prompts: list[str], images: list[list[Image.Image]
     return BatchFeature(dict(processor.tokenizer(prompts, add_special_tokens=False, return_tensors="pt", **kwargs)))
 
 
-__all__ = ["ChatInput", "chat_input_from_request", "decode_image", "encode_prompts", "render_prompt"]
+__all__ = ["ChatInput", "chat_input_from_request", "decode_image", "encode_prompts", "render_chat_template"]

@@ -82,12 +82,11 @@ class ModelFamily:
     requires: tuple[str, ...] = ()  # extra Python packages its processor imports
     default_chat_template: str | None = None  # for checkpoints that ship no chat template
     template_kwargs: tuple[tuple[str, object], ...] = ()  # switches the chat template is rendered with
-    dtype: str = "bfloat16 on GPU, float32 on CPU"
     notes: str = ""
 
 
 # PaliGemma is a prefix-LM, not a chat model: it reads "<image>...<image><bos>prefix\n", then writes the answer
-# (google/paligemma2-3b-pt-224 model card, "prompt format"). This template writes one <image> per image, all first
+# (google/paligemma2-3b-mix-224 model card, "prompt format"). This template writes one <image> per image, all first
 # (PaliGemmaProcessor expands each to the image's tokens, inserts <bos> after the last one and appends the "\n"
 # that opens the answer), then every turn's text a newline apart: system prompt, few-shot questions and answers,
 # the question. With no image it writes <bos> itself.
@@ -160,7 +159,7 @@ FAMILIES: tuple[ModelFamily, ...] = (
                     unsupported=(("demos", "vLLM takes one image per PaliGemma prompt"),)),
         drop_inputs=("labels",), token_types="prefix",  # PaliGemmaProcessor always returns labels and token types
         default_chat_template=PALIGEMMA_CHAT_TEMPLATE,
-        notes="prefix-LM pretrained checkpoints (not chat models); no chat template on the hub",
+        notes="prefix-LM checkpoints (not chat models); no chat template on the hub",
     ),
     ModelFamily(
         "LLaVA-1.5", ("llava",), "llava-hf/llava-1.5-7b-hf", "llava",

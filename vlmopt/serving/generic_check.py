@@ -10,6 +10,7 @@ the model is refused, naming the supported families, unless the two agree.
 
 from __future__ import annotations
 
+import jinja2
 import torch
 from PIL import Image
 
@@ -17,8 +18,12 @@ from vlmopt.serving.chat_inputs import ChatInput
 from vlmopt.serving.families import GENERIC, UnsupportedModelError, scoring_inputs, supported_families
 from vlmopt.serving.label_scoring import ClassifierField, candidate_tokens, score_candidates
 
-TOLERANCE = 1e-3
-"""Largest difference in summed log-probability accepted between cached and plain scoring."""
+TOLERANCE = {torch.float32: 1e-3}
+"""Largest difference in summed log-probability accepted between cached and plain scoring, by dtype.
+Half-precision kernels differ between a cached and an unsplit pass by more than float32's 1e-3 on
+correct positions; wrong positions move the scores by far more (0.1-1 on the tiny Qwen-VL builds)."""
+
+HALF_PRECISION_TOLERANCE = 5e-2
 
 PROBE_FIELD = ClassifierField("label", ("yes", "no"))
 
@@ -48,10 +53,12 @@ def check_generic_scoring(engine) -> None:
         candidates = candidate_tokens(engine.tokenizer, PROBE_FIELD)
         cached = score_candidates(engine.model, inputs, [candidates], pad_token_id=engine.pad_token_id)[0]
         plain = plain_scores(engine.model, inputs, candidates.tokens, candidates.shared)
-    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError, KeyError, jinja2.TemplateError) as exc:
         raise _unsupported(name, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}") from exc
     gap = max(abs(a - b) for a, b in zip(cached, plain, strict=True))
-    if gap > TOLERANCE:
+    if gap > TOLERANCE.get(engine.model.dtype, HALF_PRECISION_TOLERANCE):
         raise _unsupported(name, f"label log-probs differ from a plain forward by {gap:.3g}")
 
 

@@ -41,7 +41,7 @@ from transformers import LogitsProcessorList
 
 from vlmopt.serving import label_scoring
 from vlmopt.serving.batching import BatchStats, MicroBatcher
-from vlmopt.serving.chat_inputs import ChatInput, chat_input_from_request, encode_prompts, render_prompt
+from vlmopt.serving.chat_inputs import ChatInput, chat_input_from_request, encode_prompts, render_chat_template
 from vlmopt.serving.families import GENERIC, scoring_inputs
 from vlmopt.serving.generic_check import check_generic_scoring
 from vlmopt.serving.grammar import GrammarCompiler, GrammarLogitsProcessor
@@ -196,7 +196,7 @@ class TransformersEngine:
 
     def render_prompt(self, chat: ChatInput) -> str:
         """The prompt text this engine runs for ``chat``: the model's template with its family's switches."""
-        return render_prompt(self.processor, chat, **dict(self.family.template_kwargs))
+        return render_chat_template(self.processor, chat, **dict(self.family.template_kwargs))
 
     def count_prompt_tokens(self, request: Request) -> int:
         """Tokens the prompt of ``request`` takes (image tokens included), without running the model."""

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,11 +24,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from vlmopt.serving.families import family_for_model_type
 
 VLLM_PYTHON_ENV = "VLMOPT_VLLM_PYTHON"
 """Environment variable naming the interpreter that has vLLM installed."""
@@ -53,12 +57,9 @@ class VLLMServerError(RuntimeError):
     """The vLLM server could not be started (it exited, or never became healthy)."""
 
 
-def model_max_len(model: str) -> int | None:
-    """The text backbone's context length from the checkpoint's config.json, where it can be read here.
-
-    A local directory is read directly; a hub id only from the local cache or a quick download of
-    config.json. None when unknown: vLLM then derives it itself.
-    """
+def read_model_config(model: str) -> dict | None:
+    """The checkpoint's config.json, where it can be read here: a local directory directly, a hub id
+    from the local cache or a quick download of that one file; None when unknown."""
     config_file = Path(model).expanduser() / "config.json"
     if not config_file.is_file():
         try:
@@ -68,14 +69,48 @@ def model_max_len(model: str) -> int | None:
         except Exception:  # noqa: BLE001 - unreachable hub, unknown id: let vLLM decide
             return None
     try:
-        config = json.loads(config_file.read_text())
+        return json.loads(config_file.read_text())
     except (OSError, ValueError):
         return None
+
+
+def model_max_len(model: str) -> int | None:
+    """The text backbone's context length from config.json; None when unknown (vLLM then derives it)."""
+    config = read_model_config(model) or {}
     for section in (config.get("text_config") or {}, config.get("llm_config") or {}, config):
         for key in _CONTEXT_KEYS:
             if isinstance(section.get(key), int):
                 return section[key]
     return None
+
+
+def family_args(model: str, workdir: Path) -> list[str]:
+    """The vLLM flags the model's family needs so that the server renders prompts as the in-process engine does.
+
+    A family whose checkpoints ship no chat template (PaliGemma) gets the registry's, written to
+    ``workdir``; a family's template switches (Qwen3.5's ``enable_thinking: false``) become the
+    server's default chat-template kwargs.
+    """
+    family = family_for_model_type((read_model_config(model) or {}).get("model_type", ""))
+    args = []
+    if family.default_chat_template is not None and not _ships_chat_template(Path(model).expanduser()):
+        template = workdir / "chat_template.jinja"
+        template.write_text(family.default_chat_template)
+        args += ["--chat-template", str(template)]
+    if family.template_kwargs:
+        args += ["--default-chat-template-kwargs", json.dumps(dict(family.template_kwargs))]
+    return args
+
+
+def _ships_chat_template(directory: Path) -> bool:
+    """Whether a local checkpoint has a chat template of its own (a hub id is assumed to have none)."""
+    if (directory / "chat_template.jinja").is_file() or (directory / "chat_template.json").is_file():
+        return True
+    tokenizer_config = directory / "tokenizer_config.json"
+    try:
+        return "chat_template" in json.loads(tokenizer_config.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def default_max_model_len(model: str) -> int | None:
@@ -89,7 +124,8 @@ def check_model_path(model: str) -> None:
     path = Path(model).expanduser()
     looks_like_path = model.startswith((".", "/", "~")) or path.exists() or model.count("/") > 1
     if looks_like_path and not path.is_dir():
-        raise VLLMServerError(f"model directory {model!r} does not exist; give a local model directory or a hub id")
+        problem = "is a file, not a model directory" if path.exists() else "does not exist"
+        raise VLLMServerError(f"model directory {model!r} {problem}; give a local model directory or a hub id")
 
 
 def check_vllm_installed(python: str) -> None:
@@ -121,6 +157,20 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _signals_ignored():
+    """SIGINT and SIGTERM ignored inside the block (main thread only: elsewhere signals are not ours to set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class VLLMServer:
@@ -173,6 +223,7 @@ class VLLMServer:
         self.startup_timeout = startup_timeout
         self.log_path = Path(log_path) if log_path else None
         self._process: subprocess.Popen[bytes] | None = None
+        self._family_args: list[str] = []  # family_args(), set when the server starts
 
     @property
     def root_url(self) -> str:
@@ -205,7 +256,7 @@ class VLLMServer:
         cmd.append("--enable-prefix-caching" if self.enable_prefix_caching else "--no-enable-prefix-caching")
         if self.compact_json:
             cmd += ["--structured-outputs-config", json.dumps(COMPACT_JSON_CONFIG)]
-        return cmd + self.extra_args
+        return cmd + self._family_args + self.extra_args
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the server log, for error messages."""
@@ -219,6 +270,7 @@ class VLLMServer:
         if self._process is not None:
             raise VLLMServerError(f"vLLM server already running (pid {self._process.pid})")
         check_vllm_installed(self.python)
+        self._family_args = family_args(self.model, Path(tempfile.mkdtemp(prefix="vlmopt-vllm-")))
         if self.log_path is None:
             fd, name = tempfile.mkstemp(prefix="vllm-server-", suffix=".log")
             os.close(fd)
@@ -265,21 +317,28 @@ class VLLMServer:
             return False
 
     def stop(self, grace: float = 20.0) -> None:
-        """Stop the server's process group: SIGINT, then SIGTERM, then SIGKILL, each after `grace`/2 s."""
+        """Stop the server's process group: SIGINT, then SIGTERM, then SIGKILL, each after `grace`/2 s.
+
+        A second Ctrl-C or SIGTERM while stopping (supervisors repeat them) is ignored, so the group
+        is always reaped rather than orphaned (it runs in a session of its own).
+        """
         process, self._process = self._process, None
         if process is None:
             return
-        for sig, wait in ((signal.SIGINT, grace / 2), (signal.SIGTERM, grace / 2), (signal.SIGKILL, grace)):
+        with _signals_ignored():
             try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        self._reap_group(process.pid)
+                for sig, wait in ((signal.SIGINT, grace / 2), (signal.SIGTERM, grace / 2), (signal.SIGKILL, grace)):
+                    try:
+                        os.killpg(process.pid, sig)
+                    except ProcessLookupError:
+                        break
+                    try:
+                        process.wait(timeout=wait)
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
+            finally:
+                self._reap_group(process.pid)
 
     @staticmethod
     def _reap_group(pgid: int) -> None:

@@ -8,7 +8,7 @@ instruction scores high and a vague one near 50% — even under grammar-constrai
 It is trained on prompts rendered exactly as the project's programs render them: a signature from
 ``make_signature(TaskSpec(...))``, messages from ``CompactAdapter.format`` (instruction as system
 prompt, optional demos, the query image), converted by DSPy's own request conversion and the
-engine's ``chat_input_from_request`` / ``render_prompt``, then the model's chat template. The
+engine's ``chat_input_from_request`` / ``render_chat_template``, then the model's chat template. The
 loss falls on the answer only — compact JSON ``{"label":"2"}`` as the grammar and the label
 scorer write it (or the bare label, as the free-text adapter asks for), plus the end token.
 
@@ -36,7 +36,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, get_cosine_
 
 from vlmopt.config import TaskSpec
 from vlmopt.programs import CompactAdapter, make_signature
-from vlmopt.serving.chat_inputs import chat_input_from_request, render_prompt
+from vlmopt.serving.chat_inputs import chat_input_from_request, encode_prompts, render_chat_template
 from vlmopt.testing import shapes_task
 from vlmopt.testing.micro_vlm_eval import evaluate_micro_vlm, write_model_card
 from vlmopt.testing.tiny_vlm import build_idefics3
@@ -117,7 +117,7 @@ def render_samples(rng: random.Random, processor, recipe: Recipe, n_demos: int =
     adapter = CompactAdapter(structured=not demos or rng.random() >= recipe.p_free_text)
     messages = adapter.format(signature, demos, {"image": dspy.Image(image)})
     chat = chat_input_from_request(request_from_openai_chat({"model": "micro-vlm", "messages": messages}))
-    prompt = render_prompt(processor, chat)
+    prompt = render_chat_template(processor, chat)
     attributes = shapes_task.ATTRIBUTES if vague and not demos else (attribute,)
     return [Sample(prompt, chat.images, adapter.format_assistant_message_content(signature, {"label": answers[a]}))
             for a in attributes]
@@ -137,8 +137,7 @@ def collate(samples: list[Sample], processor) -> dict[str, torch.Tensor]:
     Rows are right-padded; labels are -100 everywhere but the answer and its end token.
     """
     tokenizer = processor.tokenizer
-    encoded = processor(text=[s.prompt for s in samples], images=[s.images for s in samples], padding=True,
-                        return_tensors="pt")
+    encoded = encode_prompts(processor, [s.prompt for s in samples], [s.images for s in samples], padding=True)
     rows, targets = [], []
     for index, sample in enumerate(samples):
         prompt = encoded["input_ids"][index][encoded["attention_mask"][index].bool()].tolist()

@@ -15,6 +15,9 @@ from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForImageTextToText, GenerationConfig, PreTrainedTokenizerFast
 
+GEMMA_NEWLINES = tuple("\n" * n for n in range(1, 5))
+"""Gemma vocabularies hold runs of newlines as tokens; vLLM's Gemma 3 processing looks up one to four."""
+
 VOCAB_SIZE = 2048
 """Upper bound for BPE training; the corpus is small, so the real vocabulary may end below it."""
 
@@ -101,11 +104,12 @@ def _corpus() -> list[str]:
 
 
 def train_tokenizer(special_tokens: list[str], extra_corpus: Sequence[str] = (), *,
-                    newline_token: bool = False) -> Tokenizer:
+                    newline_tokens: Sequence[str] = ()) -> Tokenizer:
     """Byte-level BPE over the corpus (plus a task's own text); special tokens get the first ids, in order.
 
-    ``newline_token``: "\n" as one vocabulary entry of its own, as in Gemma's vocabularies (vLLM's
-    Gemma 3 processing looks it up by that string; byte-level BPE would spell it "Ċ").
+    ``newline_tokens``: runs of newlines as vocabulary entries of their own, as in Gemma's
+    vocabularies ("\n", "\n\n"); vLLM's Gemma 3 processing looks them up by those strings, which
+    byte-level BPE would spell "Ċ", "ĊĊ".
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -115,8 +119,7 @@ def train_tokenizer(special_tokens: list[str], extra_corpus: Sequence[str] = (),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(_corpus() + list(extra_corpus), trainer=trainer)
-    if newline_token:
-        tokenizer.add_tokens([AddedToken("\n", normalized=False)])
+    tokenizer.add_tokens([AddedToken(text, normalized=False) for text in newline_tokens])
     return tokenizer
 
 

@@ -10,6 +10,7 @@ from tokenizers import processors
 from transformers import Gemma3Config, Gemma3ImageProcessor, Gemma3Processor, GenerationConfig
 
 from vlmopt.testing.tiny_vlm.common import (
+    GEMMA_NEWLINES,
     IMAGE_SIDE,
     TEXT_DIMS,
     VISION_DIMS,
@@ -74,7 +75,7 @@ def build_gemma3(out_dir: Path, seed: int) -> Path:
     The template writes one ``<start_of_image>`` per image; the processor expands it to
     ``\\n\\n<start_of_image>`` + 16 ``<image_soft_token>`` + ``<end_of_image>\\n\\n`` (pan-and-scan off).
     """
-    raw = train_tokenizer(_GEMMA3_SPECIALS, newline_token=True)
+    raw = train_tokenizer(_GEMMA3_SPECIALS, newline_tokens=GEMMA_NEWLINES)
     # The hub tokenizer adds <bos> itself (add_bos_token) although the template writes it too: kept, so that
     # an engine tokenizing the rendered prompt with special tokens on would be caught writing two.
     raw.post_processor = processors.TemplateProcessing(

@@ -7,6 +7,7 @@ from pathlib import Path
 from transformers import PaliGemmaConfig, PaliGemmaProcessor, SiglipImageProcessor
 
 from vlmopt.testing.tiny_vlm.common import (
+    GEMMA_NEWLINES,
     IMAGE_SIDE,
     TEXT_DIMS,
     VISION_DIMS,
@@ -31,7 +32,7 @@ def build_paligemma(out_dir: Path, seed: int) -> Path:
     processor call, and ``labels`` too (all -100 unless a ``suffix`` is given).
     """
     tokenizer = wrap_tokenizer(
-        train_tokenizer(_PALIGEMMA_SPECIALS, newline_token=True), None, pad_token="<pad>", bos_token="<bos>",
+        train_tokenizer(_PALIGEMMA_SPECIALS, newline_tokens=GEMMA_NEWLINES), None, pad_token="<pad>", bos_token="<bos>",
         eos_token="<eos>", unk_token="<unk>", extra_special_tokens={"image_token": "<image>"},
     )
     patch = VISION_DIMS["patch_size"]
