@@ -156,3 +156,4 @@ def test_vllm_gets_the_family_template_and_switches(tmp_path, tiny_model_dir, ti
     assert family_args(str(tiny_model_dir("qwen3_5")), tmp_path) == [
         "--default-chat-template-kwargs", '{"enable_thinking": false}']
     assert family_args(str(tiny_idefics3_dir), tmp_path) == []  # it ships its own template
+    assert family_args(str(tiny_model_dir("lfm2_vl")), tmp_path) == list(families.LFM2_ROPE_WORKAROUND)

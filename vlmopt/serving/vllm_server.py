@@ -89,7 +89,7 @@ def family_args(model: str, workdir: Path) -> list[str]:
 
     A family whose checkpoints ship no chat template (PaliGemma) gets the registry's, written to
     ``workdir``; a family's template switches (Qwen3.5's ``enable_thinking: false``) become the
-    server's default chat-template kwargs.
+    server's default chat-template kwargs; a family's workaround flags (``VllmSupport.server_args``) follow.
     """
     family = family_for_model_type((read_model_config(model) or {}).get("model_type", ""))
     args = []
@@ -99,7 +99,7 @@ def family_args(model: str, workdir: Path) -> list[str]:
         args += ["--chat-template", str(template)]
     if family.template_kwargs:
         args += ["--default-chat-template-kwargs", json.dumps(dict(family.template_kwargs))]
-    return args
+    return args + list(family.vllm.server_args)
 
 
 def _ships_chat_template(directory: Path) -> bool:
