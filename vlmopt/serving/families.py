@@ -243,8 +243,8 @@ def scoring_inputs(family: ModelFamily, batch) -> dict[str, torch.Tensor]:
     return {key: value for key, value in batch.items() if key not in dropped}
 
 
-def answer_position_ids(family: ModelFamily, model, full_mask: torch.Tensor, width: int,
-                        owner: torch.Tensor, *, vision: bool = True) -> torch.Tensor | None:
+def answer_position_ids(family: ModelFamily, model, prompt_inputs, full_mask: torch.Tensor, width: int,
+                        owner: torch.Tensor) -> torch.Tensor | None:
     """Position ids of ``width`` answer tokens appended to cached prompts; None: the model's default.
 
     ``full_mask`` is the prompt mask (rows repeated per answer: ``owner``) followed by the answers'
@@ -253,13 +253,13 @@ def answer_position_ids(family: ModelFamily, model, full_mask: torch.Tensor, wid
     each prompt's own largest position: text positions (padding skipped) plus the ``rope_deltas``
     the model stored during the prompt pass — what transformers' Qwen-VL models do between decoding
     steps (``compute_3d_position_ids``), for every answer row at once. A batch without images
-    (``vision=False``) leaves the stored deltas of an earlier batch in place, unused by its prompt
-    pass, which numbered the padded width 0 .. P-1; its answers continue from P, explicitly, since
-    the model would add those stale deltas.
+    (no ``image_grid_thw`` / ``video_grid_thw`` in ``prompt_inputs``) leaves the stored deltas of an
+    earlier batch in place, unused by its prompt pass, which numbered the padded width 0 .. P-1; its
+    answers continue from P, explicitly, since the model would add those stale deltas.
     """
     if family.positions == "sequential":
         return None
-    if not vision:
+    if all(prompt_inputs.get(key) is None for key in ("image_grid_thw", "video_grid_thw")):
         start = full_mask.shape[1] - width
         steps = torch.arange(start, start + width, device=full_mask.device)
         return steps.view(1, 1, -1).expand(3, full_mask.shape[0], -1)

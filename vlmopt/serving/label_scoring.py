@@ -126,8 +126,7 @@ def score_candidates(model, prompt_inputs: Mapping[str, torch.Tensor], candidate
         answer_mask[row, :len(tokens)] = 1
     answer_ids = answer_ids.to(device)
     full_mask = torch.cat([prompt_mask.index_select(0, owner), answer_mask.to(device)], dim=1)
-    vision = any(prompt_inputs.get(key) is not None for key in ("image_grid_thw", "video_grid_thw"))
-    positions = answer_position_ids(family, model, full_mask, width, owner, vision=vision)
+    positions = answer_position_ids(family, model, prompt_inputs, full_mask, width, owner)
     output = model(input_ids=answer_ids, cache=cache, use_cache=True, attention_mask=full_mask,
                    **({"position_ids": positions} if positions is not None else {}))
     # answer token 0 is predicted by its prompt's last logits, token t > 0 by answer position t - 1

@@ -17,6 +17,7 @@ from vlmopt.testing.tiny_vlm.common import (
     VISION_DIMS,
     init_model,
     save,
+    token_ids,
     train_tokenizer,
     wrap_tokenizer,
 )
@@ -81,8 +82,7 @@ def build_aya_vision(out_dir: Path, seed: int) -> Path:
     patch = VISION_DIMS["patch_size"]
     processor = AyaVisionProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
                                    img_size=IMAGE_SIDE, downsample_factor=DOWNSAMPLE, chat_template=_AYA_TEMPLATE)
-    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-           "eos_token_id": tokenizer.eos_token_id}
+    ids = token_ids(tokenizer)
     config = AyaVisionConfig(
         text_config={"model_type": "cohere2", "vocab_size": len(tokenizer), **TEXT_DIMS, **ids,
                      "layer_types": COHERE2_LAYER_TYPES, "sliding_window": 4096, "tie_word_embeddings": True},

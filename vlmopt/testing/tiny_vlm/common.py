@@ -130,6 +130,12 @@ def wrap_tokenizer(raw: Tokenizer, chat_template: str, **special: str) -> PreTra
     return tokenizer
 
 
+def token_ids(tokenizer) -> dict[str, int | None]:
+    """The pad / BOS / EOS ids a family's configs repeat (top level and text config)."""
+    return {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id}
+
+
 def save(out_dir: Path, model, processor, tokenizer) -> Path:
     """Write model, generation config and processor, the files vLLM and from_pretrained read."""
     model.generation_config = GenerationConfig(

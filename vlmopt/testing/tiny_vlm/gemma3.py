@@ -16,6 +16,7 @@ from vlmopt.testing.tiny_vlm.common import (
     VISION_DIMS,
     init_model,
     save,
+    token_ids,
     train_tokenizer,
     use_hub_vision_layout,
     wrap_tokenizer,
@@ -91,8 +92,7 @@ def build_gemma3(out_dir: Path, seed: int) -> Path:
     )
     processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer,
                                 image_seq_length=MM_TOKENS_PER_IMAGE, chat_template=_GEMMA3_TEMPLATE)
-    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-           "eos_token_id": tokenizer.eos_token_id}
+    ids = token_ids(tokenizer)
     # The projector pools the (IMAGE_SIDE / patch)^2 grid down to MM_TOKENS_PER_IMAGE: needs a whole kernel.
     assert (IMAGE_SIDE // patch) % math.isqrt(MM_TOKENS_PER_IMAGE) == 0
     config = Gemma3Config(

@@ -13,6 +13,7 @@ from vlmopt.testing.tiny_vlm.common import (
     VISION_DIMS,
     init_model,
     save,
+    token_ids,
     train_tokenizer,
     wrap_tokenizer,
 )
@@ -59,8 +60,7 @@ def build_idefics3(out_dir: Path, seed: int, *, extra_corpus: Sequence[str] = ()
     image_seq_len = (IMAGE_SIDE // VISION_DIMS["patch_size"]) ** 2 // scale_factor**2
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
                                   image_seq_len=image_seq_len, chat_template=_IDEFICS3_TEMPLATE)
-    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-           "eos_token_id": tokenizer.eos_token_id}
+    ids = token_ids(tokenizer)
     config = Idefics3Config(
         text_config={"model_type": "llama", "vocab_size": len(tokenizer), **TEXT_DIMS, **ids,
                      "rms_norm_eps": 1e-5, "tie_word_embeddings": False},

@@ -12,6 +12,7 @@ from vlmopt.testing.tiny_vlm.common import (
     VISION_DIMS,
     init_model,
     save,
+    token_ids,
     train_tokenizer,
     use_hub_vision_layout,
     wrap_tokenizer,
@@ -56,8 +57,7 @@ def build_lfm2_vl(out_dir: Path, seed: int) -> Path:
     )
     processor = Lfm2VlProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                 chat_template=_LFM2_TEMPLATE)
-    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-           "eos_token_id": tokenizer.eos_token_id}
+    ids = token_ids(tokenizer)
     config = Lfm2VlConfig(
         text_config={"model_type": "lfm2", "vocab_size": len(tokenizer), **TEXT_DIMS, **ids,
                      "layer_types": LFM2_LAYER_TYPES, "block_auto_adjust_ff_dim": False,

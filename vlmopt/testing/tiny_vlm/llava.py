@@ -26,6 +26,7 @@ from vlmopt.testing.tiny_vlm.common import (
     VISION_DIMS,
     init_model,
     save,
+    token_ids,
     train_tokenizer,
     use_hub_vision_layout,
     wrap_tokenizer,
@@ -90,8 +91,7 @@ def build_llava(out_dir: Path, seed: int) -> Path:
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                chat_template=_LLAVA_TEMPLATE)
-    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-           "eos_token_id": tokenizer.eos_token_id}
+    ids = token_ids(tokenizer)
     config = LlavaConfig(
         text_config={"model_type": "llama", "vocab_size": len(tokenizer), **TEXT_DIMS, **ids,
                      "rms_norm_eps": 1e-5, "tie_word_embeddings": False},

@@ -12,6 +12,7 @@ from vlmopt.testing.tiny_vlm.common import (
     VISION_DIMS,
     init_model,
     save,
+    token_ids,
     train_tokenizer,
     wrap_tokenizer,
 )
@@ -81,8 +82,7 @@ def build_mistral3(out_dir: Path, seed: int) -> Path:
         image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
         spatial_merge_size=SPATIAL_MERGE_SIZE, chat_template=_MISTRAL3_TEMPLATE,
     )
-    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-           "eos_token_id": tokenizer.eos_token_id}
+    ids = token_ids(tokenizer)
     config = Mistral3Config(
         text_config={"model_type": "mistral", "vocab_size": len(tokenizer), **TEXT_DIMS, **ids,
                      "rms_norm_eps": 1e-5, "sliding_window": None, "tie_word_embeddings": False},

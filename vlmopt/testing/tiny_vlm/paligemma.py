@@ -13,6 +13,7 @@ from vlmopt.testing.tiny_vlm.common import (
     VISION_DIMS,
     init_model,
     save,
+    token_ids,
     train_tokenizer,
     use_hub_vision_layout,
     wrap_tokenizer,
@@ -43,8 +44,7 @@ def build_paligemma(out_dir: Path, seed: int) -> Path:
     )
     # Like the hub checkpoints, no chat template: the engine's model-family registry supplies one.
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-           "eos_token_id": tokenizer.eos_token_id}
+    ids = token_ids(tokenizer)
     hidden = TEXT_DIMS["hidden_size"]
     config = PaliGemmaConfig(
         text_config={"model_type": "gemma2", "vocab_size": len(tokenizer), **TEXT_DIMS, **ids,

@@ -17,6 +17,7 @@ from vlmopt.testing.tiny_vlm.common import (
     VISION_DIMS,
     init_model,
     save,
+    token_ids,
     train_tokenizer,
     wrap_tokenizer,
 )
@@ -44,8 +45,7 @@ def build_smolvlm(out_dir: Path, seed: int) -> Path:
         image_processor=image_processor, tokenizer=tokenizer, video_processor=SmolVLMVideoProcessor(**sizes),
         image_seq_len=image_seq_len, chat_template=_IDEFICS3_TEMPLATE,
     )
-    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-           "eos_token_id": tokenizer.eos_token_id}
+    ids = token_ids(tokenizer)
     config = SmolVLMConfig(
         text_config={"model_type": "llama", "vocab_size": len(tokenizer), **TEXT_DIMS, **ids,
                      "rms_norm_eps": 1e-5, "tie_word_embeddings": False},
