@@ -3,7 +3,11 @@
 A classifier that says 0.99 should be right 99% of the time before an app thresholds on it.
 Inputs are per-example ``confidence`` (probability the model gave to *its own* answer) and
 ``correct`` (1/0). Bins are equal-width on [0, 1]: bin ``b`` of ``B`` holds confidences in
-``[b/B, (b+1)/B)``, the last bin also holds 1.0.
+``[b/B, (b+1)/B)``, the last bin also holds 1.0 — ``numpy.histogram``'s rule, compared against
+the bin bounds as reported (an edge such as 5/7 opens its bin exactly; multiplying by ``B`` and
+truncating would misplace it). scikit-learn's ``calibration_curve(strategy="uniform")`` closes
+bins on the right instead (an edge joins the lower bin); off the edges the per-bin accuracy and
+mean confidence are the same as its ``prob_true`` / ``prob_pred`` (tests/test_metrics_oracle.py).
 
     ECE = sum_b (n_b / n) * |accuracy_b - mean confidence_b|
 
@@ -39,7 +43,8 @@ def calibration(
         raise ValueError(f"confidence {conf.shape} and correct {hit.shape} must be 1-D and equal length")
     if conf.size and (np.isnan(conf).any() or conf.min() < 0.0 or conf.max() > 1.0):
         raise ValueError("confidences must lie in [0, 1]")
-    which = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    edges = np.arange(n_bins + 1) / n_bins  # exactly b / n_bins, the bounds reported below
+    which = np.digitize(conf, edges[1:-1])
     bins = []
     ece = 0.0
     for b in range(n_bins):
@@ -50,7 +55,7 @@ def calibration(
         if count:
             ece += count / conf.size * abs(accuracy - mean_conf)
         bins.append(
-            {"lower": b / n_bins, "upper": (b + 1) / n_bins, "count": count,
+            {"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count,
              "confidence": mean_conf, "accuracy": accuracy}
         )
     return {"n": int(conf.size), "n_bins": n_bins, "ece": float(ece) if conf.size else None, "bins": bins}

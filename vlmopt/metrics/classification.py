@@ -12,7 +12,11 @@ Zero-division conventions (the same as scikit-learn's ``zero_division=0``):
 - F1 = 0.0 when precision + recall = 0
 - macro-F1 averages F1 over the classes that occur in the gold labels *or* in the valid
   predictions; a class absent from both carries no evidence and is left out of the mean
-  (scikit-learn's behaviour when ``labels`` is not passed).
+  (scikit-learn's default label set). Invalid answers are no class: scikit-learn, handed them
+  as a label value, would average a zero F1 for them into the mean; here they cost recall only.
+
+tests/test_metrics_oracle.py holds all of these to scikit-learn's numbers (a dev dependency only,
+so it is never imported here).
 
 Example::
 

@@ -4,14 +4,17 @@ Each answer is a *set* of labels (list order and repeats are ignored). Definitio
 
 - exact match: predicted set == gold set.
 - Hamming score (Godbole & Sarawagi 2004): per example ``|gold ∩ pred| / |gold ∪ pred|``,
-  averaged; an example whose gold and predicted sets are both empty scores 1.0.
+  averaged; an example whose gold and predicted sets are both empty scores 1.0. This is
+  scikit-learn's ``jaccard_score(average="samples", zero_division=1.0)``, not
+  ``1 - hamming_loss`` (which counts wrong label slots over all labels).
 - per-label P/R/F1: each label is a binary problem over the examples (TP = label in both sets);
   zero-division conventions and the macro-F1 average are those of
   :mod:`vlmopt.metrics.classification`.
 
 An invalid output (``None``) scores 0 on exact match and Hamming even when the gold set is
 empty, and counts as predicting no label in the per-label counts (so it costs recall, not
-precision).
+precision). scikit-learn has no notion of an invalid answer: an empty predicted set would match
+an empty gold set there (tests/test_metrics_oracle.py encodes the rule).
 
 Example::
 
