@@ -7,6 +7,7 @@ import io
 import threading
 from typing import Literal
 
+import huggingface_hub
 import pytest
 import torch
 import xgrammar as xgr
@@ -19,7 +20,13 @@ from vlmopt.serving.batching import MicroBatcher
 from vlmopt.serving.chat_inputs import chat_input_from_request
 from vlmopt.serving.grammar import GrammarCompiler, bound_label_arrays
 from vlmopt.serving.label_scoring import ClassifierField, candidate_tokens, classifier_field
-from vlmopt.serving.model_loading import directory_fingerprint, locate_model, resolve_dtype
+from vlmopt.serving.model_loading import (
+    HubUnreachableError,
+    ModelNotFoundError,
+    directory_fingerprint,
+    locate_model,
+    resolve_dtype,
+)
 
 
 def run_concurrently(batcher: MicroBatcher, items: list) -> list:
@@ -181,6 +188,28 @@ def test_directory_fingerprint_follows_the_bytes(tmp_path):
     assert directory_fingerprint(tmp_path) == first
     (tmp_path / "config.json").write_text('{"a": 1}')
     assert directory_fingerprint(tmp_path) != first
+
+
+def test_uncached_hub_id_in_offline_mode_fails_at_once_with_the_way_out(monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubUnreachableError, match=r"'someone/no-such-model'.*HF_HUB_OFFLINE is set.*model\.id"):
+        locate_model("someone/no-such-model")
+
+
+def test_offline_is_what_huggingface_hub_says_not_the_environment(monkeypatch):
+    # conftest exports HF_HUB_OFFLINE=1, but the library was told it is online: then vlmopt asks
+    # the hub too (here an endpoint that refuses), rather than judging the environment itself.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(HubUnreachableError, match=r"'someone/no-such-model'.*unreachable \(ConnectError"):
+        locate_model("someone/no-such-model")
+
+
+def test_a_missing_model_directory_is_named_not_blamed_on_the_hub(tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(ModelNotFoundError, match=f"{missing}.*neither a local directory nor a hub id"):
+        locate_model(missing)
 
 
 def test_local_directory_takes_no_revision_and_dtypes_are_checked(tmp_path):

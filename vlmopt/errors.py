@@ -15,7 +15,7 @@ from vlmopt.datasets.errors import DatasetError, HubUnreachable
 from vlmopt.evaluate import EvaluationInterrupted
 from vlmopt.reports.run_dir import RunDirError
 from vlmopt.serving.families import UnsupportedModelError
-from vlmopt.serving.model_loading import HubUnreachableError
+from vlmopt.serving.model_loading import HubUnreachableError, ModelNotFoundError
 from vlmopt.serving.vllm_server import VLLMServerError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -23,6 +23,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ArtifactError,
     DatasetError,
     HubUnreachableError,
+    ModelNotFoundError,
     RunDirError,
     EvaluationInterrupted,
     VLLMServerError,

@@ -2,7 +2,10 @@
 
 A hub id that is not in the local cache while the hub is out of reach (``HF_HUB_OFFLINE=1``, no
 network) must not hang in download retries or fall back to something else: it fails within
-seconds, saying how to point ``model.id`` at a local directory instead.
+seconds, saying how to point ``model.id`` at a local directory instead. Whether the hub is off
+limits is ``huggingface_hub``'s own answer (``is_offline_mode``: ``HF_HUB_OFFLINE`` or
+``TRANSFORMERS_OFFLINE``, as read when it was imported), so vlmopt never calls the hub offline
+while the library would still go out to it, nor the other way round.
 
 The fingerprint goes into the DSPy model string, because DSPy's response cache keys on the
 model string and not on the engine object: a hub snapshot is named by its commit, a local
@@ -12,7 +15,6 @@ directory by a hash of its files, so new weights never replay old answers.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,10 @@ class HubUnreachableError(RuntimeError):
     """The model is a hub id, is not cached locally, and the hub cannot be reached."""
 
 
+class ModelNotFoundError(ValueError):
+    """``model.id`` names no local directory and no model on the hub."""
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where the checkpoint lives and which exact weights it holds."""
@@ -35,13 +41,6 @@ class ModelSource:
     name: str  # what the user asked for: hub id or directory
     path: Path  # local directory holding config, weights and processor files
     fingerprint: str  # hub commit, or sha256 prefix of a local directory's files
-
-
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
-    return constants.is_offline_mode() or any(f and f.upper() in {"1", "ON", "YES", "TRUE"} for f in flags)
 
 
 def _unreachable(model: str, reason: str) -> HubUnreachableError:
@@ -60,22 +59,32 @@ def locate_model(model: str, revision: str | None = None) -> ModelSource:
         if revision is not None:
             raise ValueError(f"revision={revision!r} applies to hub ids; {model!r} is a local directory")
         return ModelSource(model, local.resolve(), directory_fingerprint(local))
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, is_offline_mode, snapshot_download
+    from huggingface_hub.errors import (
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         path = Path(snapshot_download(model, revision=revision, local_files_only=True))
         return ModelSource(model, path, path.name)
-    except Exception:  # noqa: BLE001 - not cached (several error types); decide on the hub below
-        pass
-    if _offline():
+    except HFValidationError:
+        raise ModelNotFoundError(
+            f"model {model!r} is neither a local directory nor a hub id (owner/name): "
+            "set model.id to an existing directory or a hub id"
+        ) from None
+    except LocalEntryNotFoundError:
+        pass  # not cached: the hub decides below
+    if is_offline_mode():
         raise _unreachable(model, "HF_HUB_OFFLINE is set")
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
     try:
         info = HfApi().model_info(model, revision=revision, timeout=PROBE_TIMEOUT_S)
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
-        raise ValueError(f"model {model!r} (revision {revision or 'main'}) does not exist on the hub: {exc}") from exc
+        raise ModelNotFoundError(
+            f"model {model!r} (revision {revision or 'main'}) does not exist on the hub: {exc}"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - network errors come as several httpx/OS types
         raise _unreachable(model, f"{type(exc).__name__}: {exc}") from exc
     path = Path(snapshot_download(model, revision=info.sha))
