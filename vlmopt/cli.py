@@ -231,7 +231,7 @@ def predict(
         list[Path], typer.Argument(help="Image files or folders (searched recursively).", show_default=False)
     ],
     artifact: ArtifactOpt,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Rows out: .jsonl or .csv.")] = Path(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Rows out: .jsonl, .csv or .parquet.")] = Path(
         "predictions.jsonl"
     ),
     config: Annotated[
@@ -240,7 +240,7 @@ def predict(
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL instead of in-process.")] = None,
     num_threads: Annotated[int, typer.Option(help="Concurrent calls.")] = 4,
 ) -> None:
-    """Classify image files with a frozen program; write id, label, confidence rows (JSONL or CSV)."""
+    """Classify image files with a frozen program; write id, label, confidence rows (JSONL, CSV or Parquet)."""
     from vlmopt.artifacts import check_backend, load_artifact
     from vlmopt.config import DatasetConfig, ModelConfig
     from vlmopt.predict import image_files, predict_files, write_rows

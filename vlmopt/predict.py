@@ -1,4 +1,4 @@
-"""``vlmopt predict``: a frozen classifier over image files and folders -> JSONL or CSV rows.
+"""``vlmopt predict``: a frozen classifier over image files and folders -> JSONL, CSV or Parquet rows.
 
 Unreadable images are reported by path and skipped; every readable one gets a row
 (id = path, label, confidence, valid, raw output).
@@ -6,13 +6,13 @@ Unreadable images are reported by path and skipped; every readable one gets a ro
 
 from __future__ import annotations
 
-import csv
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import dspy
+import pandas as pd
 
 from vlmopt.artifacts import FrozenProgram
 from vlmopt.datasets.images import BadImage, load_image, to_dspy_image
@@ -21,6 +21,7 @@ from vlmopt.programs.adapter import RAW_KEY
 from vlmopt.programs.confidence import label_confidence
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+COLUMNS = ["id", "label", "confidence", "valid", "raw"]
 
 
 def image_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -63,17 +64,34 @@ def predict_files(
     return rows, skipped
 
 
+def _answer_text(label: Any) -> Any:
+    """A CSV cell is text: a list (multi-label) or dict (multi-field) answer is written as JSON."""
+    return json.dumps(label, ensure_ascii=False) if isinstance(label, list | dict) else label
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    frame.assign(label=frame["label"].map(_answer_text)).to_csv(path, index=False)
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    frame.to_parquet(path, index=False)  # pyarrow keeps list / dict answers typed (list, struct columns)
+
+
+TABLE_WRITERS: dict[str, Callable[[pd.DataFrame, Path], None]] = {".csv": _write_csv, ".parquet": _write_parquet}
+"""Suffix -> the pandas writer of that table format; any other suffix gets JSONL."""
+
+
 def write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
-    """JSONL, or CSV when the path ends in .csv (answers that are lists/dicts become JSON text)."""
+    """Rows as a CSV or Parquet table (by the path's suffix, through pandas), else as JSONL.
+
+    JSONL is one ``json.dumps`` per row, the same line format as a run's ``predictions.jsonl``:
+    answers keep their JSON shape and floats their exact value (pandas' JSON writer rounds them).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".csv":
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=["id", "label", "confidence", "valid", "raw"])
-            writer.writeheader()
-            for row in rows:
-                label = row["label"]
-                cell = label if isinstance(label, str) or label is None else json.dumps(label)
-                writer.writerow({**row, "label": cell})
+    writer = TABLE_WRITERS.get(path.suffix.lower())
+    if writer is not None:
+        # float: a run without log-probs still has a numeric (all-null) confidence column
+        writer(pd.DataFrame(rows, columns=COLUMNS).astype({"confidence": float}), path)
     else:
         path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     return path

@@ -91,19 +91,21 @@ class RunDir:
         return read_predictions(self.path)
 
     def failures(self) -> list[dict[str, str]]:
-        path = self.path / FAILURES
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [json.loads(line) for line in _jsonl_lines(self.path / FAILURES)]
+
+
+def _jsonl_lines(path: Path) -> list[str]:
+    """The rows of a JSONL file the run appends to; none while it does not exist yet.
+
+    Read line by line rather than with ``pandas.read_json(lines=True)``: each row is parsed into
+    its own typed form (a validated ``PredictionRecord``), which a DataFrame would coerce (None to
+    NaN, token counts to floats); notebooks get the table from ``reports.notebook.load_run``.
+    """
+    if not path.exists():
+        return []
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def read_predictions(run_path: str | Path) -> list[PredictionRecord]:
     """The prediction rows of a run directory (a partial file from an interrupted run reads fine)."""
-    path = Path(run_path) / PREDICTIONS
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rows.append(PredictionRecord.from_json(line))
-    return rows
+    return [PredictionRecord.from_json(line) for line in _jsonl_lines(Path(run_path) / PREDICTIONS)]
