@@ -114,8 +114,8 @@ def evaluate(
     ] = None,
 ) -> None:
     """Score the config's prompt (or a frozen artifact) on a split; write runs/<name>-<timestamp>/."""
-    from vlmopt.metrics import summary_table
     from vlmopt.pipeline import evaluate_task
+    from vlmopt.reports.metrics_table import summary_table
 
     if split not in ("val", "test", "all", "train"):
         raise ConfigError(f"--split must be val, test or all (got {split!r})")

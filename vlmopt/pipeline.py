@@ -22,7 +22,7 @@ from vlmopt.artifacts import check_backend, load_artifact, read_verified, save_a
 from vlmopt.config import OptimizerConfig, TaskConfig
 from vlmopt.datasets import LoadedSplits, load_splits
 from vlmopt.evaluate import EvalOutcome, evaluate_program
-from vlmopt.metrics import metric_for, plot_confusion_matrix
+from vlmopt.metrics import metric_for
 from vlmopt.optimizers.context_budget import max_demos_that_fit
 from vlmopt.optimizers.mipro import compile_comparison, demo_effect, run_mipro
 from vlmopt.optimizers.reanchor import Calibration, calibrate_decision, calibration_summary
@@ -30,6 +30,7 @@ from vlmopt.optimizers.study import run_search, shared_lm_factory
 from vlmopt.optimizers.trial_program import demo_trainset, rebuild_trial
 from vlmopt.programs import create_program
 from vlmopt.reports.html import write_report
+from vlmopt.reports.plots import plot_confusion_matrix
 from vlmopt.reports.run_dir import METRICS, RunDir
 from vlmopt.serving.factory import create_lm, create_prompt_lm, model_calls
 
