@@ -40,6 +40,20 @@ class EvaluationInterrupted(RuntimeError):
         self.by_user = by_user
 
 
+@dataclass(frozen=True)
+class SplitInfo:
+    """Where the examples came from, as the metrics summary states it (``split``, sizes, skipped images)."""
+
+    name: str | None = None  # "val", "test", "all" ...
+    sizes: dict[str, int] | None = None  # every split's size, so a report says what was held out
+    n_skipped: int = 0  # images the loader could not read (they are in no split)
+
+    @classmethod
+    def of(cls, name: str, splits) -> SplitInfo:
+        """The info for split ``name`` of a ``LoadedSplits``."""
+        return cls(name, splits.sizes(), len(splits.skipped))
+
+
 @dataclass
 class EvalOutcome:
     records: list[PredictionRecord]
@@ -141,8 +155,15 @@ def evaluate_program(
     seed: int = 0,
     console: Console | None = None,
     description: str = "evaluate",
+    split: SplitInfo = SplitInfo(),
+    replays: EvalOutcome | None = None,
 ) -> EvalOutcome:
     """Predict every example, write rows as they finish, and summarise.
+
+    The summary (``outcome.metrics``, what ``metrics.json`` holds) is written here once: the
+    metrics of the records, the failures, ``split``'s bookkeeping, and — when this evaluation
+    ``replays`` another's calls from the cache, so its own timings are cache lookups — the
+    latency and tokens of the calls replayed.
 
     ``max_errors`` (default: a tenth of the items, at least 5) stops a run whose backend is
     failing, instead of grinding through every remaining item; the finished rows are kept and
@@ -194,6 +215,10 @@ def evaluate_program(
         records, output_kind=task.output, labels=labels or task.labels, fields=task.fields, seed=seed
     )
     metrics["n_failed"] = len(errors)
+    if split.name is not None:
+        metrics.update(split=split.name, split_sizes=split.sizes, n_skipped=split.n_skipped)
+    if replays is not None:
+        metrics.update({key: replays.metrics[key] for key in ("latency", "tokens")})
     return EvalOutcome(records=records, failed_ids=list(errors), metrics=metrics, errors=errors)
 
 

@@ -21,7 +21,7 @@ from rich.console import Console
 from vlmopt.artifacts import check_backend, load_artifact, read_verified, save_artifact
 from vlmopt.config import TaskConfig
 from vlmopt.datasets import LoadedSplits, load_splits
-from vlmopt.evaluate import EvalOutcome, evaluate_program
+from vlmopt.evaluate import EvalOutcome, SplitInfo, evaluate_program
 from vlmopt.metrics import metric_for
 from vlmopt.optimizers.mipro import compile_comparison, demo_effect
 from vlmopt.optimizers.reanchor import calibrate_decision, calibration_summary
@@ -86,8 +86,8 @@ def evaluate_task(
         seed=cfg.seed,
         console=console,
         description=f"evaluate {split}",
+        split=SplitInfo.of(split, splits),
     )
-    outcome.metrics.update(split=split, n_skipped=len(splits.skipped), split_sizes=splits.sizes())
     outcome.model_calls = _calls_since(lm, calls_before)
     _finish_run(run, outcome.metrics)
     return run, outcome
@@ -158,40 +158,41 @@ def optimize_task(
     threads = cfg.run.num_threads
     common = dict(labels=splits.labels, num_threads=threads, seed=cfg.seed, console=console)
 
+    val, test = SplitInfo.of("val", splits), SplitInfo.of("test", splits)
+
     program = create_program(cfg.task, splits.labels)
     base = dict(lm=lm, task=cfg.task, **common)
     baseline = {
-        "val": evaluate_program(program, splits.val, description="baseline val", **base),
-        "test": evaluate_program(program, splits.test, run=run.child("baseline"), description="baseline test", **base),
+        "val": evaluate_program(program, splits.val, description="baseline val", split=val, **base),
+        "test": evaluate_program(program, splits.test, run=run.child("baseline"), description="baseline test",
+                                 split=test, **base),
     }
     winner = search_program(cfg, splits, lm, run=run, prompt_lm=prompt_lm, lm_factory=lm_factory, console=console)
     won = dict(lm=winner.lm, task=winner.cfg.task, **common)
-    optimized = {"val": evaluate_program(winner.program, winner.splits.val, description="optimized val", **won)}
+    optimized = {"val": evaluate_program(winner.program, winner.splits.val, description="optimized val", split=val,
+                                         **won)}
     argmax: dict[str, EvalOutcome] = {}  # the decision before ReAnchor's weights, when they were kept
     uncalibrated = None
-    if cfg.optimizer.calibrate and (kept := _calibrate(winner, optimized["val"], won)) is not None:
+    if cfg.optimizer.calibrate and (kept := _calibrate(winner, optimized["val"], dict(won, split=val))) is not None:
         uncalibrated, calibrated_val = kept
         argmax["val"], optimized["val"] = optimized["val"], calibrated_val
     optimized["test"] = evaluate_program(winner.program, winner.splits.test, run=run, description="optimized test",
-                                         **won)
+                                         split=test, **won)
     if uncalibrated is not None:  # the same test calls, replayed from the cache: only the decision differs
-        argmax["test"] = _replayed(
-            evaluate_program(uncalibrated, winner.splits.test, description="argmax test", **won), optimized["test"])
+        argmax["test"] = evaluate_program(uncalibrated, winner.splits.test, description="argmax test", split=test,
+                                          replays=optimized["test"], **won)
     trainset = demo_trainset(splits.train, cfg.optimizer.demo_max_image_side)
     metric = metric_for(cfg.task.output, fields=list(cfg.task.fields or {}) or None)
     comparisons = {
         name: evaluate_program(
             compile_comparison(name, program, trainset, metric=metric, settings=cfg.optimizer, lm=lm),
-            splits.test, description=f"{name} test", **base,
+            splits.test, description=f"{name} test", split=test, **base,
         )
         for name in cfg.optimizer.compare
     }
-    sizes = splits.sizes()
-    for outcome in (*baseline.values(), *optimized.values(), *argmax.values(), *comparisons.values()):
-        outcome.metrics.update(split_sizes=sizes, n_skipped=len(splits.skipped))
-    run.write_json("baseline_metrics.json", {**baseline["test"].metrics, "split": "test"})
+    run.write_json("baseline_metrics.json", baseline["test"].metrics)
     for name, outcome in comparisons.items():
-        run.write_json(f"{name}_metrics.json", {**outcome.metrics, "split": "test"})
+        run.write_json(f"{name}_metrics.json", outcome.metrics)
     calibration = calibration_summary(
         winner.calibration,
         before={s: (argmax.get(s) or optimized[s]).metrics for s in ("val", "test")},
@@ -210,7 +211,7 @@ def optimize_task(
             "val": _metrics_summary(optimized["val"]),
             "test": _metrics_summary(optimized["test"]),
             "baseline": {"val": _metrics_summary(baseline["val"]), "test": _metrics_summary(baseline["test"])},
-            "split_sizes": sizes,
+            "split_sizes": splits.sizes(),
             "calibration": {k: calibration[k] for k in ("kept", "weights", "val", "test")} if calibration else None,
         },
         provenance=provenance(winner.cfg, splits.fingerprint),
@@ -218,7 +219,7 @@ def optimize_task(
     frozen = read_verified(artifact)  # apps replaying prompt.json need the calibrated decision too
     decision = {"decision": frozen["decision"]} if frozen["decision"] else {}
     run.write_json("prompt.json", {**frozen["prompt"], **decision})
-    _finish_run(run, {**optimized["test"].metrics, "split": "test"})
+    _finish_run(run, optimized["test"].metrics)
     calls = _calls_since(lm, calls_before)
     return OptimizeOutcome(run, baseline, optimized, winner.history, artifact, calls, winner.notes, comparisons,
                            argmax)
@@ -241,8 +242,8 @@ def _calibrate(winner: Winner, optimized_val: EvalOutcome,
     if result.weights is not None:
         uncalibrated = winner.program.deepcopy()
         winner.program.label_weights = result.weights
-        calibrated = _replayed(
-            evaluate_program(winner.program, winner.splits.val, description="calibrated val", **won), optimized_val)
+        calibrated = evaluate_program(winner.program, winner.splits.val, description="calibrated val",
+                                      replays=optimized_val, **won)
         if calibrated.metrics["accuracy"] > optimized_val.metrics["accuracy"]:
             kept = uncalibrated, calibrated
         else:
@@ -251,12 +252,6 @@ def _calibrate(winner: Winner, optimized_val: EvalOutcome,
     if result.note:
         winner.notes.append(result.note)
     return kept
-
-
-def _replayed(outcome: EvalOutcome, calls: EvalOutcome) -> EvalOutcome:
-    """An evaluation replayed from the cache costs what the calls it replays cost (not cache lookups)."""
-    outcome.metrics.update({key: calls.metrics[key] for key in ("latency", "tokens")})
-    return outcome
 
 
 def _calls_since(lm: dspy.LM, before: int | None) -> int | None:
