@@ -250,8 +250,8 @@ def predict(
     if config is not None:
         cfg = _load(config)
     else:
-        model = ModelConfig(id=frozen.model_id, revision=frozen.data["model"]["revision"],
-                            max_new_tokens=frozen.data["generation"]["max_new_tokens"])
+        model = ModelConfig(id=frozen.model_id, revision=frozen.artifact.model.revision,
+                            max_new_tokens=frozen.artifact.generation.max_new_tokens)
         cfg = TaskConfig(model=model, dataset=DatasetConfig(source="-"), task=frozen.task)
     cfg = _with_backend(cfg, None, base_url)
     check_backend(frozen, cfg)

@@ -216,7 +216,7 @@ def optimize_task(
         },
         provenance=provenance(winner.cfg, splits.fingerprint),
     )
-    frozen = read_verified(artifact)  # apps replaying prompt.json need the calibrated decision too
+    frozen = read_verified(artifact).content()  # apps replaying prompt.json need the calibrated decision too
     decision = {"decision": frozen["decision"]} if frozen["decision"] else {}
     run.write_json("prompt.json", {**frozen["prompt"], **decision})
     _finish_run(run, optimized["test"].metrics)
