@@ -1,6 +1,6 @@
 """P8: ReAnchor's decision calibration on a real trained model, per prompt: accuracy and ECE before/after.
 
-The model is the micro-VLM (``vlmopt/testing/assets/micro_vlm``) on its "which row?" task, in
+The model is the micro-VLM (``vlmopt/demo/assets/micro_vlm``) on its "which row?" task, in
 process, with label probabilities measured by the engine. For each instruction — vague ones, the
 precise ones, and a wrong one ("which column?", whose answer is never the row) — the script
 evaluates the plain argmax on val and test, fits ReAnchor's per-label weights on val
@@ -27,13 +27,13 @@ from rich.table import Table
 
 from vlmopt.datasets import load_splits
 from vlmopt.demo import BASELINE_PROMPT, CANDIDATES, offline_demo_config
+from vlmopt.demo.shapes_task import write_micro_task_dataset
 from vlmopt.evaluate import evaluate_program
 from vlmopt.metrics import metric_for
 from vlmopt.optimizers.reanchor import calibrate_decision, decision_metrics
 from vlmopt.pipeline import configure_cache
 from vlmopt.programs import create_program
 from vlmopt.serving.factory import create_lm
-from vlmopt.testing.shapes_task import write_micro_task_dataset
 
 
 def main() -> None:

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from vlmopt.config import TaskConfig
-from vlmopt.metrics import compute_metrics, plot_confusion_matrix
+from vlmopt.metrics import compute_metrics
 from vlmopt.metrics.records import PredictionRecord
+from vlmopt.reports.plots import plot_confusion_matrix
 from vlmopt.reports.run_dir import METRICS, RunDir
 from vlmopt.testing.images import draw_shape
 

@@ -28,12 +28,11 @@ from vlmopt.metrics import (
     multilabel_exact,
     multilabel_hamming,
     multilabel_metrics,
-    plot_confusion_matrix,
-    plot_reliability,
     single_label_metrics,
-    summary_table,
     token_summary,
 )
+from vlmopt.reports.metrics_table import summary_table
+from vlmopt.reports.plots import plot_confusion_matrix, plot_reliability
 
 # --- the single-label hand set -------------------------------------------------------------
 # Labels: cat, dog, bird, fish (fish never occurs in gold nor in predictions).

@@ -14,9 +14,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, Idefics3ForConditionalGeneration
 
-from vlmopt.testing import shapes_task
-from vlmopt.testing.micro_vlm import Recipe, build_untrained, micro_vlm_dir, train_micro_vlm
-from vlmopt.testing.micro_vlm_eval import Case, evaluate_micro_vlm, headline_cases
+from vlmopt.demo import shapes_task
+from vlmopt.demo.micro_vlm import Recipe, build_untrained, micro_vlm_dir, train_micro_vlm
+from vlmopt.demo.micro_vlm_eval import Case, evaluate_micro_vlm, headline_cases
 
 N_FRESH = 60
 FRESH_SEED = 1  # the card used seed 0: these scenes are new

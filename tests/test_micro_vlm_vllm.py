@@ -12,10 +12,10 @@ import pytest
 from test_micro_vlm_optimize import calibrated_config
 from vlmopt.config import parse_config
 from vlmopt.demo import offline_demo_config
+from vlmopt.demo.micro_vlm import micro_vlm_dir
+from vlmopt.demo.shapes_task import write_micro_task_dataset
 from vlmopt.pipeline import evaluate_task, optimize_task
 from vlmopt.serving.vllm_server import VLLMServer
-from vlmopt.testing.micro_vlm import micro_vlm_dir
-from vlmopt.testing.shapes_task import write_micro_task_dataset
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

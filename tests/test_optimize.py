@@ -13,7 +13,7 @@ import dspy
 import pytest
 
 from study_task import GOOD, colour_of, make_colour_folder, study_config
-from vlmopt.artifacts import ArtifactError, load_artifact
+from vlmopt.artifacts import ArtifactError, canonical_sha256, load_artifact, read_verified
 from vlmopt.evaluate import evaluate_program
 from vlmopt.pipeline import optimize_task
 from vlmopt.testing.scripted_engine import ScriptedEngine, scripted_lm
@@ -103,7 +103,7 @@ def test_artifact_reloads_and_reproduces_val_accuracy(optimized):
     cfg, outcome, engine = optimized
     frozen = load_artifact(outcome.artifact, expected_labels=["cat", "dog", "bird"])
     assert frozen.program.signature.instructions == GOOD
-    recorded = frozen.data["metrics"]["val"]["accuracy"]
+    recorded = frozen.artifact.metrics["val"]["accuracy"]
     val = outcome.optimized["val"]
     examples = [dspy.Example(image=_img(r.thumbnail), label=r.gold, id=r.id).with_inputs("image") for r in val.records]
     replay = evaluate_program(frozen.program, examples, lm=scripted_lm(engine, name="colours-replay"),
@@ -142,6 +142,22 @@ def test_tampered_truncated_wrong_version_and_other_labels_are_rejected(optimize
     with pytest.raises(ArtifactError, match="config's labels are"):
         load_artifact(outcome.artifact, expected_labels=["cat", "dog"])
 
+    mistyped = tmp_path / "mistyped.json"  # re-hashed, so only the typed sections can catch it
+    data_m = json.loads(original)
+    data_m["generation"]["adapter"] = "xml"
+    data_m["sha256"] = canonical_sha256(data_m)
+    mistyped.write_text(json.dumps(data_m))
+    with pytest.raises(ArtifactError, match="section 'generation.adapter' is not what a vlmopt artifact holds"):
+        load_artifact(mistyped)
+
+
+def test_the_typed_artifact_holds_the_file_exactly(optimized):
+    """Every byte of meaning survives the typed model: its content is the file's JSON, hash and all."""
+    _, outcome, _ = optimized
+    artifact = read_verified(outcome.artifact)
+    assert artifact.content() == json.loads(outcome.artifact.read_text())
+    assert canonical_sha256(artifact.content()) == artifact.sha256
+
 
 def test_rerun_of_a_finished_optimize_makes_zero_model_calls(colour_folder, tmp_path):
     cfg = make_config(colour_folder, tmp_path)
@@ -160,5 +176,5 @@ def test_outer_search_picks_a_trial_and_the_protocol_freezes_it(colour_folder, t
     best = max(outcome.history, key=lambda row: row["score"])
     frozen = load_artifact(outcome.artifact)
     assert outcome.optimized["val"].metrics["accuracy"] == pytest.approx(best["score"], abs=1e-3)  # DSPy rounds
-    assert frozen.data["metrics"]["val"]["accuracy"] == outcome.optimized["val"].metrics["accuracy"]
+    assert frozen.artifact.metrics["val"]["accuracy"] == outcome.optimized["val"].metrics["accuracy"]
     assert any("outer search: 3 trials" in note for note in outcome.notes)

@@ -15,7 +15,8 @@ An artifact holds everything needed to reproduce the optimized classifier and to
   split fingerprints, optimizer settings, seed;
 * ``sha256`` — over the canonical JSON of all of the above.
 
-Loading verifies the hash, the format version and (when given) the label set, and fails with a
+Loading verifies the hash, the format version, every section's type
+(:class:`~vlmopt.artifact_schema.Artifact`) and (when given) the label set, and fails with a
 clear :class:`ArtifactError` instead of half-loading. No pickle anywhere: it is plain JSON.
 
 Example::
@@ -35,16 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import dspy
+import pydantic
 from dspy.adapters.json_adapter import _get_structured_outputs_response_format
 
+from vlmopt.artifact_schema import FORMAT, FORMAT_VERSION, READABLE_VERSIONS, Artifact
 from vlmopt.config import TaskConfig, TaskSpec
 from vlmopt.datasets.images import JPEG_QUALITY, serialized_image_url
 from vlmopt.programs import Classify, create_program
 from vlmopt.programs.signatures import make_signature
 
-FORMAT = "vlmopt.artifact"
-FORMAT_VERSION = 2  # written when the artifact carries a calibrated ``decision``; 1 otherwise
-READABLE_VERSIONS = (1, 2)  # 1: no ``decision`` (the plain argmax), so older readers still load it
 IMAGE_SLOT = "{image}"
 _SLOT_URL = "data:image/png;base64,aW1hZ2Utc2xvdA=="  # a marker, replaced by IMAGE_SLOT
 
@@ -59,15 +59,15 @@ class FrozenProgram:
 
     program: Classify
     task: TaskSpec
-    data: dict[str, Any]
+    artifact: Artifact
 
     @property
     def labels(self) -> list[str] | None:
-        return self.data["task"].get("labels")
+        return self.artifact.task.labels
 
     @property
     def model_id(self) -> str:
-        return self.data["model"]["id"]
+        return self.artifact.model.id
 
 
 def check_backend(frozen: FrozenProgram, cfg: TaskConfig) -> None:
@@ -140,8 +140,8 @@ def build_artifact(
     *,
     metrics: dict[str, Any],
     provenance: dict[str, Any],
-) -> dict[str, Any]:
-    """The artifact's content (hash included) for an optimized program."""
+) -> Artifact:
+    """The artifact (hash included) for an optimized program."""
     decision = decision_section(program)
     content = {
         "format": FORMAT,
@@ -172,24 +172,25 @@ def build_artifact(
         "provenance": provenance,
     }
     content["sha256"] = canonical_sha256(content)
-    return content
+    return Artifact.model_validate(content)
 
 
 def save_artifact(program: Classify, cfg: TaskConfig, labels: list[str] | None, path: str | Path, **meta) -> Path:
     """Write the artifact JSON for ``program`` to ``path``."""
     path = Path(path)
-    content = build_artifact(program, cfg, labels, **meta)
+    content = build_artifact(program, cfg, labels, **meta).content()
     path.write_text(json.dumps(content, indent=1, ensure_ascii=False), encoding="utf-8")
     return path
 
 
-def read_verified(path: str | Path) -> dict[str, Any]:
+def read_verified(path: str | Path) -> Artifact:
     """Parse and verify an artifact file; any doubt is an :class:`ArtifactError`."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"artifact not found: {path}")
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        content = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not a complete JSON artifact (truncated or corrupt): {exc}") from None
     if not isinstance(content, dict) or content.get("format") != FORMAT:
@@ -203,7 +204,12 @@ def read_verified(path: str | Path) -> dict[str, Any]:
     expected = content.get("sha256")
     if expected != canonical_sha256(content):
         raise ArtifactError(f"{path}: sha256 mismatch — the artifact was modified after it was written")
-    return content
+    try:
+        return Artifact.model_validate_json(text)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ArtifactError(f"{path}: section {where!r} is not what a vlmopt artifact holds: {first['msg']}") from None
 
 
 def _restore_images(state: dict[str, Any]) -> dict[str, Any]:
@@ -220,31 +226,30 @@ def _restore_images(state: dict[str, Any]) -> dict[str, Any]:
 
 def load_artifact(path: str | Path, *, expected_labels: list[str] | None = None) -> FrozenProgram:
     """Verify and load an artifact into a runnable program; never returns a half-loaded one."""
-    content = read_verified(path)
-    task_data, gen = content["task"], content["generation"]
-    labels = task_data.get("labels")
+    artifact = read_verified(path)
+    gen = artifact.generation
+    labels = artifact.task.labels
     if expected_labels is not None and labels is not None and list(expected_labels) != list(labels):
         raise ArtifactError(
             f"{path}: the artifact classifies into {labels}, but the config's labels are {list(expected_labels)}"
         )
     task = TaskSpec(
-        output=task_data["output"],
+        output=artifact.task.output,
         labels=labels,
-        fields=task_data.get("fields"),
-        reasoning=gen["reasoning"],
-        structured_generation=gen["structured_generation"],
-        adapter=gen["adapter"],
-        normalize_labels=gen["normalize_labels"],
+        fields=artifact.task.fields,
+        reasoning=gen.reasoning,
+        structured_generation=gen.structured_generation,
+        adapter=gen.adapter,
+        normalize_labels=gen.normalize_labels,
     )
     program = create_program(task, labels)
-    decision = content.get("decision")
-    if decision is not None:
-        if labels is None or not set(decision["weights"]) <= set(labels):
+    if artifact.decision is not None:
+        if labels is None or not set(artifact.decision.weights) <= set(labels):
             raise ArtifactError(f"{path}: the decision weights name labels outside the task's {labels}")
-        program.label_weights = dict(decision["weights"])
-    state = _restore_images(content["program"])
+        program.label_weights = dict(artifact.decision.weights)
+    state = _restore_images(artifact.program)
     program.load_state(state)
     for demo_list in (p.demos for p in program.predictors()):
         for i, demo in enumerate(demo_list):
             demo_list[i] = dspy.Example(**{**demo, "image": dspy.Image(demo["image"])}).with_inputs("image")
-    return FrozenProgram(program=program, task=task, data=content)
+    return FrozenProgram(program=program, task=task, artifact=artifact)

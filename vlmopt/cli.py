@@ -114,8 +114,8 @@ def evaluate(
     ] = None,
 ) -> None:
     """Score the config's prompt (or a frozen artifact) on a split; write runs/<name>-<timestamp>/."""
-    from vlmopt.metrics import summary_table
     from vlmopt.pipeline import evaluate_task
+    from vlmopt.reports.metrics_table import summary_table
 
     if split not in ("val", "test", "all", "train"):
         raise ConfigError(f"--split must be val, test or all (got {split!r})")
@@ -250,8 +250,8 @@ def predict(
     if config is not None:
         cfg = _load(config)
     else:
-        model = ModelConfig(id=frozen.model_id, revision=frozen.data["model"]["revision"],
-                            max_new_tokens=frozen.data["generation"]["max_new_tokens"])
+        model = ModelConfig(id=frozen.model_id, revision=frozen.artifact.model.revision,
+                            max_new_tokens=frozen.artifact.generation.max_new_tokens)
         cfg = TaskConfig(model=model, dataset=DatasetConfig(source="-"), task=frozen.task)
     cfg = _with_backend(cfg, None, base_url)
     check_backend(frozen, cfg)

@@ -24,11 +24,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vlmopt.config import TaskSpec
-from vlmopt.datasets.images import thumbnail_uri
 from vlmopt.metrics import answer_correct, compute_metrics
 from vlmopt.metrics.records import PredictionRecord
-from vlmopt.programs.adapter import NORMALIZED_KEY, RAW_KEY
-from vlmopt.programs.confidence import label_confidence
+from vlmopt.programs.records import prediction_record
 from vlmopt.reports.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -42,6 +40,20 @@ class EvaluationInterrupted(RuntimeError):
         self.by_user = by_user
 
 
+@dataclass(frozen=True)
+class SplitInfo:
+    """Where the examples came from, as the metrics summary states it (``split``, sizes, skipped images)."""
+
+    name: str | None = None  # "val", "test", "all" ...
+    sizes: dict[str, int] | None = None  # every split's size, so a report says what was held out
+    n_skipped: int = 0  # images the loader could not read (they are in no split)
+
+    @classmethod
+    def of(cls, name: str, splits) -> SplitInfo:
+        """The info for split ``name`` of a ``LoadedSplits``."""
+        return cls(name, splits.sizes(), len(splits.skipped))
+
+
 @dataclass
 class EvalOutcome:
     records: list[PredictionRecord]
@@ -49,31 +61,6 @@ class EvalOutcome:
     metrics: dict[str, Any]
     errors: dict[str, str] = field(default_factory=dict)
     model_calls: int | None = None  # requests that reached the model (cache hits don't), where counted
-
-
-def gold_of(example: dspy.Example, task: TaskSpec) -> Any:
-    """The example's answer in record shape (label, label list, or field -> value)."""
-    if task.output == "multi_field":
-        return {name: example[name] for name in task.fields or {}}
-    return example.label
-
-
-def answer_of(pred: dspy.Prediction, task: TaskSpec) -> Any:
-    """The prediction's answer in record shape, or None when the output was invalid."""
-    if not pred.get("valid", True):
-        return None
-    if task.output == "multi_field":
-        return {name: pred[name] for name in task.fields or {}}
-    return pred.label
-
-
-def _usage(pred: dspy.Prediction) -> tuple[int | None, int | None]:
-    usage = pred.get_lm_usage() or {}
-    if not usage:
-        return None, None
-    prompt = sum(int(u.get("prompt_tokens") or 0) for u in usage.values())
-    completion = sum(int(u.get("completion_tokens") or 0) for u in usage.values())
-    return prompt, completion
 
 
 class _Tally:
@@ -142,26 +129,6 @@ class _Timed(dspy.Module):
         return pred
 
 
-def make_record(example: dspy.Example, pred: dspy.Prediction, task: TaskSpec) -> PredictionRecord:
-    prompt_tokens, completion_tokens = _usage(pred)
-    probabilities, confidence = label_confidence(pred)
-    return PredictionRecord(
-        id=str(example.id),
-        gold=gold_of(example, task),
-        predicted=answer_of(pred, task),
-        raw=pred.get(RAW_KEY) or "",
-        valid=bool(pred.get("valid", True)),
-        confidence=confidence,
-        probabilities=probabilities,
-        latency_s=float(pred.get("latency_s", 0.0)),
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        label_normalized=bool(pred.get(NORMALIZED_KEY, False)),
-        image_ref=example.get("image_ref"),
-        thumbnail=thumbnail_uri(example.image),
-    )
-
-
 def _progress(console: Console | None) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -188,8 +155,15 @@ def evaluate_program(
     seed: int = 0,
     console: Console | None = None,
     description: str = "evaluate",
+    split: SplitInfo = SplitInfo(),
+    replays: EvalOutcome | None = None,
 ) -> EvalOutcome:
     """Predict every example, write rows as they finish, and summarise.
+
+    The summary (``outcome.metrics``, what ``metrics.json`` holds) is written here once: the
+    metrics of the records, the failures, ``split``'s bookkeeping, and — when this evaluation
+    ``replays`` another's calls from the cache, so its own timings are cache lookups — the
+    latency and tokens of the calls replayed.
 
     ``max_errors`` (default: a tenth of the items, at least 5) stops a run whose backend is
     failing, instead of grinding through every remaining item; the finished rows are kept and
@@ -202,7 +176,7 @@ def evaluate_program(
         bar = progress.add_task(description, total=len(examples), rate=0.0, acc="-")
 
         def metric(example: dspy.Example, pred: dspy.Prediction, trace=None) -> float:
-            record = make_record(example, pred, task)
+            record = prediction_record(example, pred, task)
             correct = answer_correct(record.gold, record.predicted, task.output)
             if (running := tally.add_record(record, correct, run)) is not None:
                 done, acc = running
@@ -241,6 +215,10 @@ def evaluate_program(
         records, output_kind=task.output, labels=labels or task.labels, fields=task.fields, seed=seed
     )
     metrics["n_failed"] = len(errors)
+    if split.name is not None:
+        metrics.update(split=split.name, split_sizes=split.sizes, n_skipped=split.n_skipped)
+    if replays is not None:
+        metrics.update({key: replays.metrics[key] for key in ("latency", "tokens")})
     return EvalOutcome(records=records, failed_ids=list(errors), metrics=metrics, errors=errors)
 
 

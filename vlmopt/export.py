@@ -27,28 +27,24 @@ FORMATS = ("openai-request", "prompt-json")
 
 def export_request(frozen: FrozenProgram, model_name: str | None = None) -> dict[str, Any]:
     """A chat-completions request body with the ``{image}`` slot (see the module docstring)."""
-    prompt, gen = frozen.data["prompt"], frozen.data["generation"]
+    prompt, gen = frozen.artifact.prompt, frozen.artifact.generation
     body: dict[str, Any] = {
         "model": model_name or frozen.model_id,
-        "messages": prompt["messages"],
-        "temperature": gen["temperature"],
-        "max_tokens": gen["max_new_tokens"],
+        "messages": prompt.messages,
+        "temperature": gen.temperature,
+        "max_tokens": gen.max_new_tokens,
     }
-    if prompt.get("response_format"):
-        body["response_format"] = prompt["response_format"]
+    if prompt.response_format:
+        body["response_format"] = prompt.response_format
     return body
 
 
 def export_prompt(frozen: FrozenProgram) -> dict[str, Any]:
     """The portable prompt with its task and generation settings, for apps that build their own calls."""
-    data = frozen.data
+    content = frozen.artifact.content()
     return {
-        "task": {k: v for k, v in data["task"].items()},
-        "model": data["model"],
-        "generation": data["generation"],
-        "prompt": data["prompt"],
-        "decision": data.get("decision"),
-        "artifact_sha256": data["sha256"],
+        **{key: content[key] for key in ("task", "model", "generation", "prompt", "decision")},
+        "artifact_sha256": content["sha256"],
     }
 
 
@@ -62,11 +58,11 @@ def export(frozen: FrozenProgram, fmt: str, model_name: str | None = None) -> di
 
 def decision_caveat(frozen: FrozenProgram) -> str | None:
     """Why a chat-completions replay of a calibrated artifact can differ from the program, or None."""
-    decision = frozen.data.get("decision")
+    decision = frozen.artifact.decision
     if not decision:
         return None
     return (
-        f"this artifact's label decision is calibrated (weights {decision['weights']}): a plain chat completion "
+        f"this artifact's label decision is calibrated (weights {decision.weights}): a plain chat completion "
         "returns the uncalibrated label. Apply the rule in `--format prompt-json` (decision) to the label "
         "probabilities, or use `vlmopt predict`, to reproduce the program."
     )

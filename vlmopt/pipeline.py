@@ -19,19 +19,19 @@ import dspy
 from rich.console import Console
 
 from vlmopt.artifacts import check_backend, load_artifact, read_verified, save_artifact
-from vlmopt.config import OptimizerConfig, TaskConfig
+from vlmopt.config import TaskConfig
 from vlmopt.datasets import LoadedSplits, load_splits
-from vlmopt.evaluate import EvalOutcome, evaluate_program
-from vlmopt.metrics import metric_for, plot_confusion_matrix
-from vlmopt.optimizers.context_budget import max_demos_that_fit
-from vlmopt.optimizers.mipro import compile_comparison, demo_effect, run_mipro
-from vlmopt.optimizers.reanchor import Calibration, calibrate_decision, calibration_summary
-from vlmopt.optimizers.study import run_search, shared_lm_factory
-from vlmopt.optimizers.trial_program import demo_trainset, rebuild_trial
+from vlmopt.evaluate import EvalOutcome, SplitInfo, evaluate_program
+from vlmopt.metrics import metric_for
+from vlmopt.optimizers.mipro import compile_comparison, demo_effect
+from vlmopt.optimizers.reanchor import calibrate_decision, calibration_summary
+from vlmopt.optimizers.search import Winner, search_program
+from vlmopt.optimizers.trial_program import demo_trainset
 from vlmopt.programs import create_program
 from vlmopt.reports.html import write_report
+from vlmopt.reports.plots import plot_confusion_matrix
 from vlmopt.reports.run_dir import METRICS, RunDir
-from vlmopt.serving.factory import create_lm, create_prompt_lm, model_calls
+from vlmopt.serving.factory import create_lm, model_calls
 
 SplitName = Literal["train", "val", "test", "all"]
 
@@ -86,8 +86,8 @@ def evaluate_task(
         seed=cfg.seed,
         console=console,
         description=f"evaluate {split}",
+        split=SplitInfo.of(split, splits),
     )
-    outcome.metrics.update(split=split, n_skipped=len(splits.skipped), split_sizes=splits.sizes())
     outcome.model_calls = _calls_since(lm, calls_before)
     _finish_run(run, outcome.metrics)
     return run, outcome
@@ -137,20 +137,6 @@ def _metrics_summary(outcome: EvalOutcome) -> dict[str, Any]:
     return {k: outcome.metrics[k] for k in keys if k in outcome.metrics}
 
 
-@dataclass
-class Winner:
-    """The searched program and the settings it runs under (the search may change them)."""
-
-    cfg: TaskConfig
-    splits: LoadedSplits
-    program: dspy.Module
-    lm: dspy.LM
-    history: list[dict[str, Any]]
-    instruction_candidates: list[str]
-    notes: list[str]
-    calibration: Calibration | None = None
-
-
 def optimize_task(
     cfg: TaskConfig,
     *,
@@ -172,43 +158,41 @@ def optimize_task(
     threads = cfg.run.num_threads
     common = dict(labels=splits.labels, num_threads=threads, seed=cfg.seed, console=console)
 
+    val, test = SplitInfo.of("val", splits), SplitInfo.of("test", splits)
+
     program = create_program(cfg.task, splits.labels)
     base = dict(lm=lm, task=cfg.task, **common)
     baseline = {
-        "val": evaluate_program(program, splits.val, description="baseline val", **base),
-        "test": evaluate_program(program, splits.test, run=run.child("baseline"), description="baseline test", **base),
+        "val": evaluate_program(program, splits.val, description="baseline val", split=val, **base),
+        "test": evaluate_program(program, splits.test, run=run.child("baseline"), description="baseline test",
+                                 split=test, **base),
     }
-    trainset = demo_trainset(splits.train, cfg.optimizer.demo_max_image_side)
-    metric = metric_for(cfg.task.output, fields=list(cfg.task.fields or {}) or None)
-    if cfg.optimizer.search_trials:
-        winner = _outer_search(cfg, run, splits, lm, prompt_lm, lm_factory, console)
-    else:
-        winner = _mipro_search(cfg, splits, program, trainset, lm, prompt_lm, metric)
+    winner = search_program(cfg, splits, lm, run=run, prompt_lm=prompt_lm, lm_factory=lm_factory, console=console)
     won = dict(lm=winner.lm, task=winner.cfg.task, **common)
-    optimized = {"val": evaluate_program(winner.program, winner.splits.val, description="optimized val", **won)}
+    optimized = {"val": evaluate_program(winner.program, winner.splits.val, description="optimized val", split=val,
+                                         **won)}
     argmax: dict[str, EvalOutcome] = {}  # the decision before ReAnchor's weights, when they were kept
     uncalibrated = None
-    if cfg.optimizer.calibrate and (kept := _calibrate(winner, optimized["val"], won)) is not None:
+    if cfg.optimizer.calibrate and (kept := _calibrate(winner, optimized["val"], dict(won, split=val))) is not None:
         uncalibrated, calibrated_val = kept
         argmax["val"], optimized["val"] = optimized["val"], calibrated_val
     optimized["test"] = evaluate_program(winner.program, winner.splits.test, run=run, description="optimized test",
-                                         **won)
+                                         split=test, **won)
     if uncalibrated is not None:  # the same test calls, replayed from the cache: only the decision differs
-        argmax["test"] = _replayed(
-            evaluate_program(uncalibrated, winner.splits.test, description="argmax test", **won), optimized["test"])
+        argmax["test"] = evaluate_program(uncalibrated, winner.splits.test, description="argmax test", split=test,
+                                          replays=optimized["test"], **won)
+    trainset = demo_trainset(splits.train, cfg.optimizer.demo_max_image_side)
+    metric = metric_for(cfg.task.output, fields=list(cfg.task.fields or {}) or None)
     comparisons = {
         name: evaluate_program(
             compile_comparison(name, program, trainset, metric=metric, settings=cfg.optimizer, lm=lm),
-            splits.test, description=f"{name} test", **base,
+            splits.test, description=f"{name} test", split=test, **base,
         )
         for name in cfg.optimizer.compare
     }
-    sizes = splits.sizes()
-    for outcome in (*baseline.values(), *optimized.values(), *argmax.values(), *comparisons.values()):
-        outcome.metrics.update(split_sizes=sizes, n_skipped=len(splits.skipped))
-    run.write_json("baseline_metrics.json", {**baseline["test"].metrics, "split": "test"})
+    run.write_json("baseline_metrics.json", baseline["test"].metrics)
     for name, outcome in comparisons.items():
-        run.write_json(f"{name}_metrics.json", {**outcome.metrics, "split": "test"})
+        run.write_json(f"{name}_metrics.json", outcome.metrics)
     calibration = calibration_summary(
         winner.calibration,
         before={s: (argmax.get(s) or optimized[s]).metrics for s in ("val", "test")},
@@ -227,15 +211,15 @@ def optimize_task(
             "val": _metrics_summary(optimized["val"]),
             "test": _metrics_summary(optimized["test"]),
             "baseline": {"val": _metrics_summary(baseline["val"]), "test": _metrics_summary(baseline["test"])},
-            "split_sizes": sizes,
+            "split_sizes": splits.sizes(),
             "calibration": {k: calibration[k] for k in ("kept", "weights", "val", "test")} if calibration else None,
         },
         provenance=provenance(winner.cfg, splits.fingerprint),
     )
-    frozen = read_verified(artifact)  # apps replaying prompt.json need the calibrated decision too
+    frozen = read_verified(artifact).content()  # apps replaying prompt.json need the calibrated decision too
     decision = {"decision": frozen["decision"]} if frozen["decision"] else {}
     run.write_json("prompt.json", {**frozen["prompt"], **decision})
-    _finish_run(run, {**optimized["test"].metrics, "split": "test"})
+    _finish_run(run, optimized["test"].metrics)
     calls = _calls_since(lm, calls_before)
     return OptimizeOutcome(run, baseline, optimized, winner.history, artifact, calls, winner.notes, comparisons,
                            argmax)
@@ -258,8 +242,8 @@ def _calibrate(winner: Winner, optimized_val: EvalOutcome,
     if result.weights is not None:
         uncalibrated = winner.program.deepcopy()
         winner.program.label_weights = result.weights
-        calibrated = _replayed(
-            evaluate_program(winner.program, winner.splits.val, description="calibrated val", **won), optimized_val)
+        calibrated = evaluate_program(winner.program, winner.splits.val, description="calibrated val",
+                                      replays=optimized_val, **won)
         if calibrated.metrics["accuracy"] > optimized_val.metrics["accuracy"]:
             kept = uncalibrated, calibrated
         else:
@@ -268,56 +252,6 @@ def _calibrate(winner: Winner, optimized_val: EvalOutcome,
     if result.note:
         winner.notes.append(result.note)
     return kept
-
-
-def _replayed(outcome: EvalOutcome, calls: EvalOutcome) -> EvalOutcome:
-    """An evaluation replayed from the cache costs what the calls it replays cost (not cache lookups)."""
-    outcome.metrics.update({key: calls.metrics[key] for key in ("latency", "tokens")})
-    return outcome
-
-
-def _mipro_search(cfg, splits, program, trainset, lm, prompt_lm, metric) -> Winner:
-    """MIPROv2 over instructions x demo sets, demos capped to the context, on train/val."""
-    settings, notes = _fit_demos(cfg, program, trainset, lm)
-    sees_images = True
-    if prompt_lm is None:
-        prompt_lm, sees_images = create_prompt_lm(cfg, lm)
-    result = run_mipro(
-        program, trainset, splits.val, task_lm=lm, metric=metric, settings=settings, seed=cfg.seed,
-        num_threads=cfg.run.num_threads, prompt_lm=prompt_lm, prompt_model_sees_images=sees_images,
-    )
-    return Winner(cfg, splits, result.program, lm, result.history, result.instruction_candidates, notes + result.notes)
-
-
-def _outer_search(cfg, run, splits, lm, prompt_lm, lm_factory, console) -> Winner:
-    """The Optuna study over program choices; the winner is rebuilt under its own settings."""
-    factory = lm_factory or shared_lm_factory(lambda c: lm if _same_engine(c, cfg) else create_lm(c))
-    search = run_search(cfg, run=run, lm_factory=factory, prompt_lm=prompt_lm, console=console,
-                        objectives=cfg.optimizer.search_objectives)
-    best = rebuild_trial(cfg, search.best)
-    history = [{"trial": t.number, "score": t.values[0], "params": t.params} for t in search.trials]
-    notes = [*search.notes, f"outer search: {len(search.trials)} trials in {search.storage} ({search.study_name}); "
-             f"winner trial {search.best.number} with {search.best.params}"]
-    return Winner(best.cfg, best.splits, best.program, factory(best.cfg), history,
-                  [best.program.signature.instructions], notes)
-
-
-def _same_engine(a: TaskConfig, b: TaskConfig) -> bool:
-    return (a.model, a.backend, a.task.structured_generation) == (b.model, b.backend, b.task.structured_generation)
-
-
-def _fit_demos(cfg: TaskConfig, program, trainset, lm) -> tuple[OptimizerConfig, list[str]]:
-    """The optimizer settings with demos capped to what fits the model's context (and why)."""
-    settings = cfg.optimizer
-    wanted = max(settings.max_labeled_demos, settings.max_bootstrapped_demos)
-    fits, note = max_demos_that_fit(program, trainset, lm, wanted, cfg.model.max_new_tokens)
-    if fits >= wanted:
-        return settings, []
-    capped = settings.model_copy(
-        update={"max_labeled_demos": min(settings.max_labeled_demos, fits),
-                "max_bootstrapped_demos": min(settings.max_bootstrapped_demos, fits)}
-    )
-    return capped, [note]
 
 
 def _calls_since(lm: dspy.LM, before: int | None) -> int | None:

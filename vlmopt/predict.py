@@ -16,9 +16,9 @@ import pandas as pd
 
 from vlmopt.artifacts import FrozenProgram
 from vlmopt.datasets.images import BadImage, load_image, to_dspy_image
-from vlmopt.evaluate import answer_of
 from vlmopt.programs.adapter import RAW_KEY
 from vlmopt.programs.confidence import label_confidence
+from vlmopt.programs.records import answer_of
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 COLUMNS = ["id", "label", "confidence", "valid", "raw"]

@@ -1,13 +1,14 @@
 """Scoring a classifier's predictions: accuracy with intervals, per-class and multi-label /
-multi-field metrics, calibration, cost per image, DSPy optimizer metrics, plots and the CLI table.
+multi-field metrics, calibration, cost per image, DSPy optimizer metrics — pure functions.
+
+Presenting them (plots, the CLI table, the HTML report) is :mod:`vlmopt.reports`' job.
 
 Typical use (the evaluate command does exactly this)::
 
-    from vlmopt.metrics import PredictionRecord, compute_metrics, plot_confusion_matrix, summary_table
+    from vlmopt.metrics import PredictionRecord, compute_metrics
 
     metrics = compute_metrics(records, output_kind="single_label", labels=labels, seed=cfg.seed)
-    plot_confusion_matrix(metrics["confusion"], run_dir / "confusion.png")
-    console.print(summary_table(metrics))
+    metrics["accuracy"], metrics["accuracy_ci"], metrics["confusion"]
 """
 
 from vlmopt.metrics.bootstrap import bootstrap_mean_ci
@@ -24,10 +25,8 @@ from vlmopt.metrics.dspy_metrics import (
 from vlmopt.metrics.latency import latency_summary, token_summary
 from vlmopt.metrics.multifield import multifield_metrics
 from vlmopt.metrics.multilabel import exact_match, hamming_score, multilabel_metrics
-from vlmopt.metrics.plots import plot_confusion_matrix, plot_reliability
 from vlmopt.metrics.records import PredictionRecord
 from vlmopt.metrics.summary import OUTPUT_KINDS, answer_correct, compute_metrics
-from vlmopt.metrics.table import summary_table
 
 __all__ = [
     "INVALID",
@@ -50,9 +49,6 @@ __all__ = [
     "multilabel_exact",
     "multilabel_hamming",
     "multilabel_metrics",
-    "plot_confusion_matrix",
-    "plot_reliability",
     "single_label_metrics",
-    "summary_table",
     "token_summary",
 ]

@@ -78,6 +78,7 @@ class MiproResult:
     history: list[dict[str, Any]]
     instruction_candidates: list[str]
     notes: list[str] = field(default_factory=list)
+    trainset: list[dspy.Example] = field(default_factory=list)  # what the demos were drawn from
 
 
 def mipro_budget(settings: OptimizerConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -144,6 +145,7 @@ def run_mipro(
         history=trial_history(best),
         instruction_candidates=optimizer.instruction_candidates,
         notes=optimizer.notes,
+        trainset=trainset,
     )
 
 

@@ -42,8 +42,7 @@ from rich.console import Console
 from vlmopt.config import ConfigError, TaskConfig
 from vlmopt.datasets import LoadedSplits, load_splits
 from vlmopt.evaluate import evaluate_program
-from vlmopt.metrics import metric_for
-from vlmopt.optimizers.mipro import run_mipro
+from vlmopt.optimizers.mipro_task import PromptModel, mipro_on_task
 from vlmopt.optimizers.search_space import SearchSpace, apply_settings
 from vlmopt.optimizers.study_slots import duplicate_of, take_slot
 from vlmopt.optimizers.study_storage import (
@@ -54,8 +53,7 @@ from vlmopt.optimizers.study_storage import (
     open_study,
     study_fingerprint,
 )
-from vlmopt.optimizers.trial_program import PROGRAM_ATTR, demo_trainset, program_record
-from vlmopt.programs import create_program
+from vlmopt.optimizers.trial_program import PROGRAM_ATTR, program_record
 from vlmopt.reports.run_dir import RunDir
 from vlmopt.serving.factory import create_lm
 
@@ -86,6 +84,11 @@ class SearchResult:
     best: FrozenTrial  # highest val accuracy on the front, then lowest cost, then earliest
     summary_path: Path
     notes: list[str] = field(default_factory=list)
+    splits_by_side: dict[int, LoadedSplits] = field(default_factory=dict)  # as loaded for the trials
+
+    def best_splits(self) -> LoadedSplits | None:
+        """The splits at the winner's image side, if this worker loaded them (the winner's rebuild reuses them)."""
+        return self.splits_by_side.get(self.best.params.get("max_image_side"))
 
 
 def shared_lm_factory(create: LmFactory = create_lm) -> LmFactory:
@@ -135,6 +138,7 @@ def run_search(
     study_name: str | None = None,
     lm_factory: LmFactory | None = None,
     prompt_lm: dspy.LM | None = None,
+    splits: LoadedSplits | None = None,
     worker: bool = False,
     console: Console | None = None,
     objectives: Sequence[str] = ("accuracy",),
@@ -148,7 +152,9 @@ def run_search(
     other processes run too: it needs an explicit storage, and its sampler is seeded from the OS
     (workers with one seed would propose the same settings). A lone study's sampler is seeded from
     ``cfg.seed`` and the number of trials already in the study, so a fresh run is reproducible and
-    a resumed one does not replay the settings it already tried.
+    a resumed one does not replay the settings it already tried. ``splits`` (at the config's image
+    side) saves loading the data set again when the caller has it; ``prompt_lm`` replaces the
+    config's ``optimizer.prompt_model``.
     """
     objectives = check_objectives(objectives)
     n_trials = n_trials if n_trials is not None else cfg.optimizer.search_trials
@@ -164,32 +170,33 @@ def run_search(
         url = default_storage_url(run.path)
     study_name = study_name or f"{cfg.name or 'run'}-search"
 
-    base = load_splits(cfg)
+    base = splits or load_splits(cfg)
     directions = [OBJECTIVES[o][0] for o in objectives]
     fingerprint = study_fingerprint(cfg, base.fingerprint, space.to_json(), list(objectives))
     study = open_study(open_storage(url, heartbeat), study_name, directions=directions, fingerprint=fingerprint)
     study.sampler = optuna.samplers.TPESampler(seed=None if worker else cfg.seed + len(study.trials))
-    runner = _TrialRunner(
-        cfg, space, base, n_trials, objectives, lm_factory or shared_lm_factory(), prompt_lm, run, heartbeat, console
-    )
+    runner = _TrialRunner(cfg, space, base, n_trials, objectives, lm_factory or shared_lm_factory(),
+                          PromptModel.resolve(cfg, prompt_lm), run, heartbeat, console)
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < n_trials:
         study.optimize(runner, callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))])
     notes = []
     if runner.exhausted:
         notes.append(f"stopped: the sampler proposed only finished settings {MAX_DUPLICATES_IN_A_ROW} times in a row "
                      f"(search space of {space.size})")
-    return _result(study, study_name, url, objectives, run, notes)
+    result = _result(study, study_name, url, objectives, run, notes)
+    result.splits_by_side = runner.splits
+    return result
 
 
 class _TrialRunner:
     """The objective: settings -> (duplicate? slot?) -> MIPROv2 on train/val -> values, attrs, history file."""
 
     def __init__(self, cfg: TaskConfig, space: SearchSpace, base: LoadedSplits, n_trials: int,
-                 objectives: tuple[str, ...], lm_factory: LmFactory, prompt_lm: dspy.LM | None, run: RunDir,
+                 objectives: tuple[str, ...], lm_factory: LmFactory, prompt: PromptModel, run: RunDir,
                  heartbeat: Heartbeat, console: Console | None):
         self.cfg, self.space, self.n_trials, self.objectives = cfg, space, n_trials, objectives
-        self.lm_factory, self.prompt_lm, self.run, self.heartbeat, self.console = (
-            lm_factory, prompt_lm, run, heartbeat, console)
+        self.lm_factory, self.prompt, self.run, self.heartbeat, self.console = (
+            lm_factory, prompt, run, heartbeat, console)
         self.splits: dict[int, LoadedSplits] = {cfg.dataset.max_image_side: base}
         self.fingerprint = base.fingerprint
         self.duplicates_in_a_row = 0
@@ -214,22 +221,11 @@ class _TrialRunner:
         trial_cfg = apply_settings(self.cfg, settings)
         splits = self._splits_for(trial_cfg)
         lm = self.lm_factory(trial_cfg)
-        trainset = demo_trainset(splits.train, trial_cfg.optimizer.demo_max_image_side)
-        result = run_mipro(
-            create_program(trial_cfg.task, splits.labels),
-            trainset,
-            splits.val,
-            task_lm=lm,
-            metric=metric_for(trial_cfg.task.output, fields=list(trial_cfg.task.fields or {}) or None),
-            settings=trial_cfg.optimizer,
-            seed=self.cfg.seed,
-            num_threads=self.cfg.run.num_threads,
-            prompt_lm=self.prompt_lm,
-        )
+        result = mipro_on_task(trial_cfg, splits, lm, self.prompt)
         metrics = {"val_accuracy": result.val_score, "n_val": len(splits.val), "n_train": len(splits.train)}
         if len(self.objectives) > 1:
             metrics.update(self._cost_on_val(trial.number, result.program, trial_cfg, splits, lm))
-        record = program_record(result.program, trainset)
+        record = program_record(result.program, result.trainset)
         history = self._write_history(trial.number, settings, metrics, record, result)
         trial.set_user_attr(PROGRAM_ATTR, record)
         trial.set_user_attr("metrics", metrics)

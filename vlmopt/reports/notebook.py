@@ -30,7 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from vlmopt.metrics import plot_confusion_matrix
+from vlmopt.reports.plots import plot_confusion_matrix
 from vlmopt.reports.run_dir import METRICS
 from vlmopt.reports.run_view import HEADLINE_METRICS, load_run_view
 
@@ -172,7 +172,7 @@ def show_grid(
 def show_confusion(run_dir: str | Path, field: str | None = None) -> Figure:
     """The run's confusion matrix (a multi-field run: the matrix of ``field``) as a figure.
 
-    Drawn by :func:`vlmopt.metrics.plot_confusion_matrix` from metrics.json, so it is the same
+    Drawn by :func:`vlmopt.reports.plots.plot_confusion_matrix` from metrics.json, so it is the same
     picture as the run's ``confusion.png``. Multi-label runs have no confusion matrix (a
     ValueError says so).
     """

@@ -44,11 +44,11 @@ def create_lm(cfg: TaskConfig) -> dspy.LM:
     )
 
 
-def create_prompt_lm(cfg: TaskConfig, task_lm: dspy.LM) -> tuple[dspy.LM | None, bool]:
+def create_prompt_lm(cfg: TaskConfig) -> tuple[dspy.LM | None, bool]:
     """(prompt LM, whether it sees images) for MIPROv2's instruction proposer.
 
-    ``optimizer.prompt_model``: unset -> the task VLM itself (it sees the demo images);
-    ``none`` -> no proposer (only the config's prompt and ``optimizer.instructions`` are searched);
+    ``optimizer.prompt_model``: unset -> None, the task VLM itself proposes (it sees the demo images);
+    ``none`` -> None, no proposer (only the config's prompt and ``optimizer.instructions`` are searched);
     a local directory -> that VLM in-process; anything else -> a LiteLLM model id (images are
     shown to it only if LiteLLM says it supports vision).
     """
@@ -56,7 +56,7 @@ def create_prompt_lm(cfg: TaskConfig, task_lm: dspy.LM) -> tuple[dspy.LM | None,
 
     name = cfg.optimizer.prompt_model
     if name is None:
-        return task_lm, True
+        return None, True
     if name == "none":
         return None, False
     if Path(name).is_dir():

@@ -18,48 +18,16 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 from PIL import Image, ImageDraw
 
-Box = tuple[float, float, float, float]
+from vlmopt.demo.shapes import SHAPES
 
 _COLOURS = [(220, 40, 40), (40, 160, 60), (40, 80, 220), (230, 180, 20), (150, 60, 190), (20, 170, 180)]
-
-
-def _polygon(points: Callable[[Box], list[tuple[float, float]]]) -> Callable[[ImageDraw.ImageDraw, Box, tuple], None]:
-    return lambda draw, box, fill: draw.polygon(points(box), fill=fill)
-
-
-def _ring(draw: ImageDraw.ImageDraw, box: Box, fill: tuple) -> None:
-    draw.ellipse(box, outline=fill, width=max(2, int((box[2] - box[0]) / 6)))
-
-
-def _cross(draw: ImageDraw.ImageDraw, box: Box, fill: tuple) -> None:
-    x0, y0, x1, y1 = box
-    w, h = (x1 - x0) / 3, (y1 - y0) / 3
-    draw.rectangle((x0 + w, y0, x1 - w, y1), fill=fill)
-    draw.rectangle((x0, y0 + h, x1, y1 - h), fill=fill)
-
-
-SHAPES: dict[str, Callable[[ImageDraw.ImageDraw, Box, tuple], None]] = {
-    "circle": lambda draw, box, fill: draw.ellipse(box, fill=fill),
-    "square": lambda draw, box, fill: draw.rectangle(box, fill=fill),
-    "triangle": _polygon(lambda b: [((b[0] + b[2]) / 2, b[1]), (b[2], b[3]), (b[0], b[3])]),
-    "diamond": _polygon(
-        lambda b: [
-            ((b[0] + b[2]) / 2, b[1]),
-            (b[2], (b[1] + b[3]) / 2),
-            ((b[0] + b[2]) / 2, b[3]),
-            (b[0], (b[1] + b[3]) / 2),
-        ]
-    ),
-    "cross": _cross,
-    "ring": _ring,
-}
 
 
 @dataclass(frozen=True)

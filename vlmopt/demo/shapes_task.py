@@ -27,7 +27,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from vlmopt.testing.images import SHAPES
+from vlmopt.demo.shapes import SHAPES
 
 LABELS = ("1", "2", "3")
 ATTRIBUTES = ("row", "column")

@@ -18,7 +18,7 @@ accuracies measured through the in-process engine.
 
 Example::
 
-    python -m vlmopt.testing.micro_vlm --out /tmp/micro-vlm --seed 0
+    python -m vlmopt.demo.micro_vlm --out /tmp/micro-vlm --seed 0
 """
 
 from __future__ import annotations
@@ -35,11 +35,10 @@ from dspy.lm15 import request_from_openai_chat
 from transformers import AutoModelForImageTextToText, AutoProcessor, get_cosine_schedule_with_warmup
 
 from vlmopt.config import TaskSpec
+from vlmopt.demo import shapes_task
+from vlmopt.demo.micro_vlm_eval import evaluate_micro_vlm, write_model_card
 from vlmopt.programs import CompactAdapter, make_signature
 from vlmopt.serving.chat_inputs import chat_input_from_request, encode_prompts, render_chat_template
-from vlmopt.testing import shapes_task
-from vlmopt.testing.micro_vlm_eval import evaluate_micro_vlm, write_model_card
-from vlmopt.testing.tiny_vlm import build_idefics3
 
 ASSET_DIR = Path(__file__).parent / "assets" / "micro_vlm"
 TEMPLATE_WORDS = "System: User: Assistant:"
@@ -158,6 +157,8 @@ def collate(samples: list[Sample], processor) -> dict[str, torch.Tensor]:
 
 def build_untrained(out_dir: str | Path, seed: int) -> Path:
     """The seeded random-weight starting point: tiny_vlm's Idefics3 with the task's text in its tokenizer."""
+    from vlmopt.testing.tiny_vlm import build_idefics3  # training only: the shipped demo never builds one
+
     return build_idefics3(Path(out_dir), seed, extra_corpus=shapes_task.corpus() + [TEMPLATE_WORDS])
 
 
@@ -220,7 +221,7 @@ def _train(out_dir: Path, seed: int, recipe: Recipe, log_every: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m vlmopt.testing.micro_vlm --out DIR [--seed N] [--steps N] [--no-eval]``."""
+    """CLI: ``python -m vlmopt.demo.micro_vlm --out DIR [--seed N] [--steps N] [--no-eval]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
     parser.add_argument("--seed", type=int, default=0)

@@ -21,12 +21,12 @@ from pathlib import Path
 import dspy
 
 from vlmopt.config import TaskSpec
+from vlmopt.demo import shapes_task
 from vlmopt.metrics.dspy_metrics import label_accuracy
 from vlmopt.programs import create_program
 from vlmopt.serving.transformers_engine import create_lm
-from vlmopt.testing import shapes_task
 
-TRAIN_COMMAND = "python -m vlmopt.testing.micro_vlm --out vlmopt/testing/assets/micro_vlm --seed 0"
+TRAIN_COMMAND = "python -m vlmopt.demo.micro_vlm --out vlmopt/demo/assets/micro_vlm --seed 0"
 N_DEMOS = 2
 
 

@@ -1,6 +1,6 @@
 """``vlmopt demo --offline``: the whole product on a toy model, for machines without the hub.
 
-The model is the micro-VLM this project trains and ships (``vlmopt/testing/assets/micro_vlm``): a
+The model is the micro-VLM this project trains and ships (``vlmopt/demo/assets/micro_vlm``): a
 0.77 M-parameter Idefics3 trained on synthetic drawings of one shape in a 3x3 grid. It answers
 "which row" and "which column" with the same labels 1/2/3, so only the instruction says which is
 meant — a vague instruction scores near 50%, a precise one near 100%, even with the labels
@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.panel import Panel
 
 from vlmopt.config import DatasetConfig, ModelConfig, OptimizerConfig, RunConfig, TaskConfig, TaskSpec
+from vlmopt.demo.micro_vlm import micro_vlm_dir
+from vlmopt.demo.shapes_task import LABELS, write_micro_task_dataset
 from vlmopt.pipeline import optimize_task
 from vlmopt.reports.comparison_table import comparison_table
-from vlmopt.testing.micro_vlm import micro_vlm_dir
-from vlmopt.testing.shapes_task import LABELS, write_micro_task_dataset
 
 NOTICE = (
     "TOY MODEL on SYNTHETIC SHAPES: the micro-VLM was trained by this project on drawings of one\n"

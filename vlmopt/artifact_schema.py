@@ -1,0 +1,101 @@
+"""What an artifact file holds, typed: one pydantic model per section, checked on every load.
+
+:mod:`vlmopt.artifacts` builds, hashes, verifies and loads the file; this module only says what
+its content is, so readers get attributes (``artifact.model.revision``) instead of walking dicts,
+and a file with a missing or mistyped section fails with the section's name. The DSPy program
+state, metrics and provenance stay open mappings: their shapes belong to DSPy and to the run.
+
+Example::
+
+    artifact = Artifact.model_validate_json(path.read_text())
+    artifact.task.labels, artifact.model.id, artifact.decision and artifact.decision.weights
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vlmopt.config import OutputKind
+
+FORMAT = "vlmopt.artifact"
+FORMAT_VERSION = 2  # written when the artifact carries a calibrated ``decision``; 1 otherwise
+READABLE_VERSIONS = (1, 2)  # 1: no ``decision`` (the plain argmax), so older readers still load it
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskSection(_Section):
+    """The output kind, its labels or fields, and the JSON schema of the answer."""
+
+    output: OutputKind
+    labels: list[str] | None
+    fields: dict[str, list[str]] | None
+    answer_schema: dict[str, Any] = Field(alias="schema")
+
+
+class ModelSection(_Section):
+    id: str
+    revision: str | None
+
+
+class GenerationSection(_Section):
+    """Decoding and prompt-framing settings the program was optimized under."""
+
+    max_new_tokens: int
+    temperature: float
+    structured_generation: bool
+    adapter: Literal["compact", "dspy"]
+    reasoning: bool
+    normalize_labels: bool
+
+
+class ImagePreprocessing(_Section):
+    """How images were downscaled and re-encoded: apps must send the bytes the program saw."""
+
+    max_side: int
+    demo_max_side: int
+    format: Literal["JPEG"]
+    quality: int
+    exif_transpose: bool
+    alpha_flattened_on: str
+
+
+class PromptSection(_Section):
+    """The rendered portable prompt: the adapter's chat messages with the query image as a slot."""
+
+    messages: list[dict[str, Any]]
+    image_slot: str
+    response_format: dict[str, Any] | None
+
+
+class DecisionSection(_Section):
+    """The calibrated label decision (format 2): ``argmax_k weights[k] * P(k)``."""
+
+    weights: dict[str, float]
+    rule: str
+    fitted_by: str
+
+
+class Artifact(_Section):
+    """The whole file; ``sha256`` is over the canonical JSON of everything else."""
+
+    format: Literal["vlmopt.artifact"]
+    format_version: Literal[1, 2]
+    task: TaskSection
+    model: ModelSection
+    generation: GenerationSection
+    image_preprocessing: ImagePreprocessing
+    program: dict[str, Any]
+    prompt: PromptSection
+    decision: DecisionSection | None
+    metrics: dict[str, Any]
+    provenance: dict[str, Any]
+    sha256: str
+
+    def content(self) -> dict[str, Any]:
+        """The JSON content as written (schema keys by their file names), the hash's input included."""
+        return self.model_dump(mode="json", by_alias=True)
