@@ -97,10 +97,14 @@ class _ModuleCheck(ast.NodeVisitor):
 
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
-            if alias.name.startswith("dspy") and _public_namespace(alias.name) is None:
+            if alias.name.split(".")[0] != "dspy":
+                continue
+            if _public_namespace(alias.name) is None:
                 self.flag(node, f"import {alias.name}")
-            elif alias.name == "dspy":
-                self.dspy_objects[alias.asname or "dspy"] = dspy
+            elif alias.asname:  # ``import dspy.lm15 as l`` binds the namespace, ``import dspy.lm15`` binds dspy
+                self.dspy_objects[alias.asname] = importlib.import_module(alias.name)
+            else:
+                self.dspy_objects["dspy"] = dspy
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         module = node.module or ""

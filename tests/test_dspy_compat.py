@@ -266,6 +266,7 @@ BREAKING = '''
 # dspy._vendor.lm15 and dspy.clients.lm15_boundary are only named in this comment
 import dspy
 import dspy.clients.engines.base
+import dspy_helpers
 from dspy import JSONAdapter, _internal
 from dspy.adapters.utils import format_field_value
 from dspy.lm15 import TokenLogprob
@@ -300,11 +301,11 @@ def test_the_boundary_check_finds_each_kind_of_reach_and_is_not_fooled_by_commen
     assert "_bootstrap_fewshot_examples" in vars(dspy.MIPROv2) and "_call_preprocess" in vars(dspy.Adapter)
     assert violations([("m.py", BREAKING)]) == [
         "m.py:4: import dspy.clients.engines.base",
-        "m.py:5: from dspy import _internal",
-        "m.py:6: from dspy.adapters.utils import format_field_value",
-        "m.py:20: dspy.adapters.utils.serialize_for_json",
-        "m.py:30: dspy.settings.context(usage_tracker=...)",
-        "m.py:31: private attribute ._input_keys",
-        "m.py:13: Mixin._call_preprocess overrides a private DSPy method",
-        "m.py:24: Optimizer._bootstrap_fewshot_examples overrides a private DSPy method",
+        "m.py:6: from dspy import _internal",
+        "m.py:7: from dspy.adapters.utils import format_field_value",
+        "m.py:21: dspy.adapters.utils.serialize_for_json",
+        "m.py:31: dspy.settings.context(usage_tracker=...)",
+        "m.py:32: private attribute ._input_keys",
+        "m.py:14: Mixin._call_preprocess overrides a private DSPy method",
+        "m.py:25: Optimizer._bootstrap_fewshot_examples overrides a private DSPy method",
     ]
