@@ -28,15 +28,10 @@ from pydantic import BaseModel, TypeAdapter
 from fixtures_models import TINY_ARCHS
 from vlmopt.programs.adapter import create_adapter
 from vlmopt.programs.classify import Classify
+from vlmopt.programs.confidence import prediction_probabilities
 from vlmopt.serving.chat_inputs import chat_input_from_request, encode_prompts
 from vlmopt.serving.families import scoring_inputs
-from vlmopt.serving.label_scoring import (
-    ClassifierField,
-    candidate_tokens,
-    prediction_probabilities,
-    response_probabilities,
-    score_candidates,
-)
+from vlmopt.serving.label_scoring import ClassifierField, candidate_tokens, response_probabilities, score_candidates
 from vlmopt.serving.model_loading import HubUnreachableError
 from vlmopt.serving.transformers_engine import TransformersEngine, create_lm
 

@@ -37,8 +37,8 @@ from typing import Any
 
 import dspy
 import pydantic
-from dspy.adapters.json_adapter import _get_structured_outputs_response_format
 
+from vlmopt._dspy_compat import structured_outputs_model
 from vlmopt.artifact_schema import FORMAT, FORMAT_VERSION, READABLE_VERSIONS, Artifact
 from vlmopt.config import TaskConfig, TaskSpec
 from vlmopt.datasets.images import JPEG_QUALITY, serialized_image_url
@@ -94,7 +94,7 @@ def canonical_sha256(content: dict[str, Any]) -> str:
 
 def response_format(signature: type[dspy.Signature]) -> dict[str, Any]:
     """The OpenAI ``json_schema`` response_format DSPy's JSON adapters send for this signature."""
-    model = _get_structured_outputs_response_format(signature, use_native_function_calling=False)
+    model = structured_outputs_model(signature)
     return {
         "type": "json_schema",
         "json_schema": {"name": model.__name__, "schema": model.model_json_schema(), "strict": True},

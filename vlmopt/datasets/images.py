@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import warnings
 from pathlib import Path
 
 import dspy
 import numpy as np
-from dspy.adapters.types.base_type import CUSTOM_TYPE_END_IDENTIFIER, CUSTOM_TYPE_START_IDENTIFIER
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vlmopt._dspy_compat import custom_type_parts
 
 ImageSource = str | Path | bytes
 
@@ -129,10 +129,8 @@ def serialized_image_url(value: str) -> str | None:
     DSPy 3.4 writes a custom type as its content parts between reserved markers; an image is one
     ``image_url`` part.
     """
-    if not (value.startswith(CUSTOM_TYPE_START_IDENTIFIER) and value.endswith(CUSTOM_TYPE_END_IDENTIFIER)):
-        return None
-    parts = json.loads(value[len(CUSTOM_TYPE_START_IDENTIFIER) : -len(CUSTOM_TYPE_END_IDENTIFIER)])
-    return parts[0]["image_url"]["url"]
+    parts = custom_type_parts(value)
+    return parts[0]["image_url"]["url"] if parts else None
 
 
 def downscale_dspy_image(image: dspy.Image, max_side: int) -> dspy.Image:

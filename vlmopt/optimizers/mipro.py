@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
-from dspy.teleprompt import MIPROv2
-from dspy.teleprompt.utils import get_signature
 
+from vlmopt._dspy_compat import mipro_best_score, mipro_trials
 from vlmopt.config import OptimizerConfig
 
 logger = logging.getLogger(__name__)
@@ -37,8 +36,12 @@ logger = logging.getLogger(__name__)
 NO_PROMPT_MODEL = "none"
 
 
-class ImageMIPROv2(MIPROv2):
-    """MIPROv2 that also searches user-supplied instructions and survives a weak prompt model."""
+class ImageMIPROv2(dspy.MIPROv2):
+    """MIPROv2 that also searches user-supplied instructions and survives a weak prompt model.
+
+    ``_propose_instructions`` is a private DSPy hook, checked at import by
+    ``vlmopt._dspy_compat.OPTIMIZER_HOOKS``.
+    """
 
     def __init__(self, *args, extra_instructions: list[str] = (), use_proposer: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
@@ -48,7 +51,7 @@ class ImageMIPROv2(MIPROv2):
         self.instruction_candidates: list[str] = []
 
     def _propose_instructions(self, program, trainset, demo_candidates, *args, **kwargs) -> dict[int, list[str]]:
-        base = {i: [get_signature(p).instructions] for i, p in enumerate(program.predictors())}
+        base = {i: [p.signature.instructions] for i, p in enumerate(program.predictors())}
         candidates = base
         if self.use_proposer:
             try:
@@ -141,7 +144,7 @@ def run_mipro(
     )
     return MiproResult(
         program=best,
-        val_score=float(best.score) / 100.0,
+        val_score=mipro_best_score(best),
         history=trial_history(best),
         instruction_candidates=optimizer.instruction_candidates,
         notes=optimizer.notes,
@@ -152,24 +155,19 @@ def run_mipro(
 def trial_history(program: dspy.Module) -> list[dict[str, Any]]:
     """MIPROv2's trial logs as JSON rows: trial, scope (minibatch/full), score (0-1), instruction, demos."""
     rows = []
-    for trial, log in sorted((getattr(program, "trial_logs", None) or {}).items()):
-        for scope in ("full_eval", "mb"):
-            score = log.get(f"{scope}_score")
-            candidate = log.get(f"{scope}_program")
-            if score is None or candidate is None:
-                continue
-            predictor = candidate.predictors()[0]
-            rows.append(
-                {
-                    "trial": trial,
-                    "scope": "full" if scope == "full_eval" else "minibatch",
-                    "score": float(score) / 100.0,  # DSPy's Evaluate reports percent
-                    "instruction": get_signature(predictor).instructions,
-                    "instruction_index": log.get("0_predictor_instruction", 0),
-                    "demo_set_index": log.get("0_predictor_demos"),
-                    "n_demos": len(predictor.demos),
-                }
-            )
+    for trial in mipro_trials(program):
+        predictor = trial.program.predictors()[0]
+        rows.append(
+            {
+                "trial": trial.trial,
+                "scope": trial.scope,
+                "score": trial.score,
+                "instruction": predictor.signature.instructions,
+                "instruction_index": trial.instruction_index,
+                "demo_set_index": trial.demo_set_index,
+                "n_demos": len(predictor.demos),
+            }
+        )
     return rows
 
 

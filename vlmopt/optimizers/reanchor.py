@@ -28,12 +28,11 @@ from typing import Any
 
 import dspy
 from dspy.experimental import ReAnchor
-from dspy.utils.parallelizer import ParallelExecutor
 
 from vlmopt.datasets.images import serialized_image_url
 from vlmopt.programs import Classify
+from vlmopt.programs.confidence import prediction_probabilities
 from vlmopt.programs.signatures import answer_fields
-from vlmopt.serving.label_scoring import prediction_probabilities
 
 METHOD = "dspy.experimental.ReAnchor"
 UNMEASURED = (
@@ -138,8 +137,8 @@ def _measurable(client: MeasuredLabelClient, valset: list[dspy.Example], num_thr
             return False
         return True
 
-    executor = ParallelExecutor(num_threads=num_threads, max_errors=1, disable_progress_bar=True)
-    return [example for example, ok in zip(valset, executor.execute(measure, valset), strict=True) if ok]
+    parallel = dspy.Parallel(num_threads=num_threads, max_errors=1, access_examples=False, disable_progress_bar=True)
+    return [example for example, ok in zip(valset, parallel([(measure, ex) for ex in valset]), strict=True) if ok]
 
 
 def decision_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

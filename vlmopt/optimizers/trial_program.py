@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import dspy
-from dspy.teleprompt.utils import get_signature, set_signature
 from optuna.trial import FrozenTrial
 
+from vlmopt._dspy_compat import input_keys
 from vlmopt.config import TaskConfig, TaskSpec
 from vlmopt.datasets import LoadedSplits, load_splits
 from vlmopt.datasets.images import downscale_dspy_image
@@ -48,10 +48,10 @@ def program_record(program: dspy.Module, trainset: list[dspy.Example]) -> dict[s
             {
                 "id": ids_by_url[url],
                 "fields": {k: v for k, v in demo.items() if k != "image"},
-                "input_keys": sorted(demo._input_keys) if demo._input_keys is not None else None,
+                "input_keys": input_keys(demo),
             }
         )
-    return {"instruction": get_signature(predictor).instructions, "demos": demos}
+    return {"instruction": predictor.signature.instructions, "demos": demos}
 
 
 def rebuild_program(
@@ -60,7 +60,7 @@ def rebuild_program(
     """The program a record describes, over the same (downscaled) train images."""
     program = create_program(task, labels)
     (predictor,) = program.predictors()
-    set_signature(predictor, get_signature(predictor).with_instructions(record["instruction"]))
+    predictor.signature = predictor.signature.with_instructions(record["instruction"])
     by_id = {str(ex.id): ex for ex in trainset}
     demos = []
     for demo in record["demos"]:

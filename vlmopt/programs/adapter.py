@@ -20,12 +20,9 @@ from __future__ import annotations
 import json
 from typing import Any, get_args, get_origin
 
-from dspy.adapters.chat_adapter import ChatAdapter
-from dspy.adapters.json_adapter import JSONAdapter
-from dspy.adapters.utils import format_field_value, serialize_for_json
-from dspy.signatures.signature import Signature
-from dspy.utils.exceptions import AdapterParseError
+from dspy import AdapterParseError, ChatAdapter, JSONAdapter, Signature
 
+from vlmopt._dspy_compat import format_field_value, serialize_for_json
 from vlmopt.programs.labels import match_label
 
 __all__ = ["CompactAdapter", "RawChatAdapter", "RawJSONAdapter", "create_adapter"]
@@ -43,7 +40,8 @@ class KeepRawOutput:
     """Adapter mixin: every parsed answer also carries the model's raw text (for the run's records).
 
     DSPy keeps only the signature's fields of what ``parse`` returns, so the text is attached after
-    post-processing, next to the ``logprobs`` DSPy attaches there too.
+    post-processing, next to the ``logprobs`` DSPy attaches there too. ``_call_postprocess`` is a
+    private DSPy hook, checked at import by ``vlmopt._dspy_compat.ADAPTER_HOOKS``.
     """
 
     def _call_postprocess(self, processed_signature, original_signature, outputs, lm, lm_kwargs):
@@ -83,6 +81,7 @@ class CompactAdapter(KeepRawOutput, JSONAdapter):
         self.normalize_labels = normalize_labels
 
     def _prepare_response_format(self, lm, lm_kwargs, signature):
+        """The schema goes out only for structured decoding (a private DSPy hook: ``_dspy_compat.ADAPTER_HOOKS``)."""
         if self.structured:
             super()._prepare_response_format(lm, lm_kwargs, signature)
 

@@ -26,14 +26,12 @@ Example::
 from __future__ import annotations
 
 import dspy
-from dspy.utils.exceptions import AdapterParseError
 
 from vlmopt.config import TaskSpec
 from vlmopt.programs.adapter import NORMALIZED_KEY, RAW_KEY, create_adapter
-from vlmopt.programs.confidence import PROBABILITIES_KEY
+from vlmopt.programs.confidence import PROBABILITIES_KEY, prediction_probabilities
 from vlmopt.programs.decision import UnmeasuredDecisionError, weighted_label
 from vlmopt.programs.signatures import answer_fields, make_signature
-from vlmopt.serving.label_scoring import prediction_probabilities
 
 
 class Classify(dspy.Module):
@@ -55,7 +53,7 @@ class Classify(dspy.Module):
         with dspy.context(adapter=self.adapter):
             try:
                 pred = self.predict(image=image)
-            except AdapterParseError as err:
+            except dspy.AdapterParseError as err:
                 return self._invalid(err.lm_response)
         pred.valid = True
         pred[NORMALIZED_KEY] = bool(pred.get(NORMALIZED_KEY, False))

@@ -2,19 +2,49 @@
 
 The backends measure the distribution (never numbers the model writes as text) and hand it to
 DSPy as the prediction's ``logprobs``: one decision entry whose ranked alternatives are the
-labels (see ``vlmopt.serving.label_scoring``). This module reads it back for the run records —
-or, when the program's decision was calibrated, the reweighted distribution the decision was
-taken on (``Classify`` puts it under ``label_probabilities``).
+labels (written by ``vlmopt.serving.label_scoring.decision_logprobs``). This module reads it back
+for the decision and the run records — or, when the program's decision was calibrated, the
+reweighted distribution the decision was taken on (``Classify`` puts it under
+``label_probabilities``).
+
+The reading lives here, not beside the writing in ``serving``: a program sees only what
+``dspy.LM`` hands it (the prediction's ``logprobs``, a plain OpenAI-shaped dict), so reading it
+needs neither torch nor a backend, and ``import vlmopt.programs`` (and ``load_artifact``) stays
+free of both. The two sides share only that dict's shape, which DSPy defines.
+
+Example::
+
+    pred = dspy.Predict(sig)(image=img)          # lm from create_lm(..., logprobs on)
+    probs = prediction_probabilities(pred)       # {"cat": 0.71, "dog": 0.2, "bird": 0.09}
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-from vlmopt.serving.label_scoring import prediction_probabilities
 
 PROBABILITIES_KEY = "label_probabilities"
 """Prediction key of the distribution a calibrated decision was taken on (set by ``Classify``)."""
+
+
+def prediction_probabilities(prediction: Any, labels: Sequence[str] | None = None) -> dict[str, float] | None:
+    """Label -> probability from a prediction's ``logprobs`` (see module docstring), else None.
+
+    ``labels``, when given, must be exactly the ranked alternatives; a free-text or multi-field
+    prediction (token-level log-probs) returns None rather than a wrong distribution.
+    """
+    logprobs = prediction.get("logprobs") if hasattr(prediction, "get") else getattr(prediction, "logprobs", None)
+    content = (logprobs or {}).get("content") if isinstance(logprobs, Mapping) else None
+    if not content or len(content) != 1:
+        return None
+    top = content[0].get("top_logprobs") or []
+    probs = {entry["token"]: math.exp(entry["logprob"]) for entry in top}
+    if len(probs) < 2 or (labels is not None and set(probs) != set(labels)):
+        return None
+    if abs(sum(probs.values()) - 1.0) > 1e-4:
+        return None
+    return probs
 
 
 def label_confidence(pred: Any) -> tuple[dict[str, float] | None, float | None]:

@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import dspy
-from dspy.adapters.decision_state import DecisionState
 
+from vlmopt._dspy_compat import choice_decision
 from vlmopt.programs.signatures import answer_fields
 
 
@@ -43,9 +43,7 @@ def weighted_label(
 ) -> tuple[str, dict[str, float]]:
     """``(label, reweighted distribution)`` for one prediction of a single-label signature."""
     (field,) = answer_fields(signature)
-    state = DecisionState(signature, {field: {"weights": dict(weights)}})
-    evidence = {"probabilities": dict(probabilities), "confidence": max(probabilities.values())}
-    label = state._decode({field: evidence})[field]
+    label = choice_decision(signature, field, probabilities, weights)
     scores = {k: p * weights.get(k, 1.0) for k, p in probabilities.items()}
     total = sum(scores.values())
     return label, {k: s / total for k, s in scores.items()}

@@ -11,14 +11,14 @@ The engine answers with the most likely label, so the answer and its confidence 
 Where the distribution goes (DSPy 3.4.1), and why:
 
 * In the ``Response``: the answer is an lm15 ``DataPart`` with ``probabilities={field: {label: p}}``
-  and ``method="candidate_sequence_likelihood"`` — lm15's own carrier for measured judgments
-  (``dspy._vendor.lm15.judgments``). Direct ``lm(Request)`` callers, the DSPy cache record and
-  ``lm.history[i]["response"]`` see it.
+  and ``method="candidate_sequence_likelihood"`` — lm15's own carrier for measured judgments.
+  Direct ``lm(Request)`` callers, the DSPy cache record and ``lm.history[i]["response"]`` see it.
 * In the ``dspy.Prediction``: DSPy keeps only the answer text and ``logprobs`` of an engine's
   output. When the LM asks for log-probs (``dspy.LM(..., logprobs=True)``, which ``create_lm``
   sets), ``Response.logprobs`` holds one entry for the label decision: the chosen label with its
   log-probability, and every label as a ranked alternative. ``pred.logprobs`` carries it, through
-  threads and the cache; :func:`prediction_probabilities` reads it back.
+  threads and the cache; ``vlmopt.programs.confidence.prediction_probabilities`` reads it back
+  (a program needs no torch to read it).
 * Not ``dspy.experimental.Choice``: it rewrites the output to ``{"label": {"probabilities": {...},
   "confidence": ...}}`` for the model to *write* (verbalized numbers, not measured) and moves
   demos into the instruction text as JSON, images as base64 strings — unusable for image demos.
@@ -26,8 +26,7 @@ Where the distribution goes (DSPy 3.4.1), and why:
 Example::
 
     pred = dspy.Predict(sig)(image=img)          # lm from create_lm(...)
-    probs = prediction_probabilities(pred)       # {"cat": 0.71, "dog": 0.2, "bird": 0.09}
-    confidence = max(probs.values())
+    prediction_probabilities(pred)               # programs.confidence: {"cat": 0.71, "dog": 0.2, "bird": 0.09}
 """
 
 from __future__ import annotations
@@ -39,10 +38,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from dspy._vendor.lm15.judgments import judgments_in_schema, normalize_logprobs
-from dspy._vendor.lm15.types import TokenLogprob, TopLogprob
-from dspy.lm15 import DataPart, Response
+from dspy.lm15 import DataPart, Response, TokenLogprob, TopLogprob
 
+from vlmopt._dspy_compat import judgments_in_schema, normalize_logprobs
 from vlmopt.serving.families import GENERIC, ModelFamily, answer_position_ids
 from vlmopt.serving.grammar import SEPARATORS
 
@@ -158,25 +156,6 @@ def decision_logprobs(label: str, probabilities: Mapping[str, float]) -> tuple[T
 
 def _log(p: float) -> float:
     return math.log(p) if p > 0 else -1e30
-
-
-def prediction_probabilities(prediction: Any, labels: Sequence[str] | None = None) -> dict[str, float] | None:
-    """Label -> probability from a prediction's ``logprobs`` (see module docstring), else None.
-
-    ``labels``, when given, must be exactly the ranked alternatives; a free-text or multi-field
-    prediction (token-level log-probs) returns None rather than a wrong distribution.
-    """
-    logprobs = prediction.get("logprobs") if hasattr(prediction, "get") else getattr(prediction, "logprobs", None)
-    content = (logprobs or {}).get("content") if isinstance(logprobs, Mapping) else None
-    if not content or len(content) != 1:
-        return None
-    top = content[0].get("top_logprobs") or []
-    probs = {entry["token"]: math.exp(entry["logprob"]) for entry in top}
-    if len(probs) < 2 or (labels is not None and set(probs) != set(labels)):
-        return None
-    if abs(sum(probs.values()) - 1.0) > 1e-4:
-        return None
-    return probs
 
 
 def response_probabilities(response: Response) -> dict[str, dict[str, float]] | None:

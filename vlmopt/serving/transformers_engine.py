@@ -32,13 +32,22 @@ from typing import Any
 
 import dspy
 import torch
-from dspy._vendor.lm15.result import response_to_events
-from dspy._vendor.lm15.types import TokenLogprob, TopLogprob
-from dspy.clients.engines.base import validate_request
-from dspy.lm15 import InvalidRequestError, Message, Request, Response, TextPart, UnsupportedFeatureError, Usage
+from dspy.lm15 import (
+    InvalidRequestError,
+    Message,
+    Request,
+    Response,
+    TextPart,
+    TokenLogprob,
+    TopLogprob,
+    UnsupportedFeatureError,
+    Usage,
+    response_to_events,
+)
 from PIL import Image
 from transformers import LogitsProcessorList
 
+from vlmopt._dspy_compat import validate_request
 from vlmopt.serving import label_scoring
 from vlmopt.serving.batching import BatchStats, MicroBatcher
 from vlmopt.serving.chat_inputs import ChatInput, chat_input_from_request, encode_prompts, render_chat_template

@@ -18,7 +18,7 @@ How, per prediction:
    batches them.
 3. The Response carries the distribution the way the in-process engine's does: a ``DataPart`` with
    ``probabilities`` and one decision entry in ``logprobs`` (``label_scoring.decision_logprobs``),
-   so ``label_scoring.prediction_probabilities(pred)`` reads both backends alike.
+   so ``programs.confidence.prediction_probabilities(pred)`` reads both backends alike.
 
 Why not the generation's own ``top_logprobs`` at the first label token: under structured outputs
 vLLM applies the grammar mask *before* it computes log-probs (whatever ``--logprobs-mode``), so
@@ -57,9 +57,9 @@ from typing import Any
 
 import dspy
 import httpx
-from dspy.clients.lm15_boundary import request_kwargs
 from dspy.lm15 import DataPart, Message, ProviderError, Request, Response, ServerError, TransportError
 
+from vlmopt._dspy_compat import openai_chat_messages, untracked
 from vlmopt.serving import label_scoring
 from vlmopt.serving.openai_lm import PROVIDER, create_openai_lm
 
@@ -107,7 +107,7 @@ class LabelProbabilityEngine:
 
     def complete(self, request: Request) -> Response:
         # The inner call is this engine's business: its usage and history belong to the outer LM.
-        with dspy.settings.context(usage_tracker=None, disable_history=True):
+        with untracked():
             response = self._generate(replace(request, model=self._generate.model))
         field = label_scoring.classifier_field(request.config.response_format)
         label = _answer(response, field) if field is not None and request.config.logprobs is not None else None
@@ -120,7 +120,7 @@ class LabelProbabilityEngine:
     def label_probabilities(self, request: Request, field: label_scoring.ClassifierField) -> dict[str, float]:
         """label -> probability for this request's messages (one scoring request per label)."""
         candidates = self._candidate_tokens(field)
-        messages = request_kwargs(request, "chat")["messages"]
+        messages = openai_chat_messages(request)
         with ThreadPoolExecutor(max_workers=len(field.labels)) as pool:
             scores = list(pool.map(lambda i: self._score(messages, field, candidates, i), range(len(field.labels))))
         return label_scoring.distribution(field, scores)

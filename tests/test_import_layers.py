@@ -1,0 +1,20 @@
+"""Programs talk to ``dspy.LM`` only: importing them, or loading an artifact, needs no torch.
+
+An app that replays a frozen program against a vLLM server must not pay for (or even have)
+torch and transformers; they belong to the in-process backend. Run in a fresh interpreter, so
+what other tests imported cannot hide an import chain.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_programs_and_artifacts_import_neither_torch_nor_transformers():
+    code = ("import sys, vlmopt.programs, vlmopt.artifacts; "
+            "from vlmopt.artifacts import load_artifact; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
