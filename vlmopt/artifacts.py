@@ -39,6 +39,7 @@ from dspy.adapters.json_adapter import _get_structured_outputs_response_format
 
 from vlmopt.config import TaskConfig, TaskSpec
 from vlmopt.datasets.images import JPEG_QUALITY, serialized_image_url
+from vlmopt.errors import VlmoptError
 from vlmopt.programs import Classify, create_program
 from vlmopt.programs.signatures import make_signature
 
@@ -49,7 +50,7 @@ IMAGE_SLOT = "{image}"
 _SLOT_URL = "data:image/png;base64,aW1hZ2Utc2xvdA=="  # a marker, replaced by IMAGE_SLOT
 
 
-class ArtifactError(ValueError):
+class ArtifactError(VlmoptError, ValueError):
     """The artifact cannot be trusted or used: tampered, truncated, wrong version, other labels."""
 
 

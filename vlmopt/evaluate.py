@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from vlmopt.config import TaskSpec
 from vlmopt.datasets.images import thumbnail_uri
+from vlmopt.errors import VlmoptError
 from vlmopt.metrics import answer_correct, compute_metrics
 from vlmopt.metrics.records import PredictionRecord
 from vlmopt.programs.adapter import NORMALIZED_KEY, RAW_KEY
@@ -34,12 +35,15 @@ from vlmopt.reports.run_dir import RunDir
 logger = logging.getLogger(__name__)
 
 
-class EvaluationInterrupted(RuntimeError):
+class EvaluationInterrupted(VlmoptError, RuntimeError):
     """The run stopped early (Ctrl-C or too many failed items); finished rows are on disk."""
+
+    prefix = "stopped"
 
     def __init__(self, message: str, *, by_user: bool):
         super().__init__(message)
         self.by_user = by_user
+        self.exit_code = 130 if by_user else 2
 
 
 @dataclass
