@@ -241,6 +241,12 @@ def evaluate_program(
 
     records, errors = tally.close()
     _record_failures(run, errors)
+    if not records and errors:  # fewer items than max_errors, all failed: nothing to score
+        raise EvaluationInterrupted(
+            f"{description}: all {len(examples)} items failed (first error: {next(iter(errors.values()))}); "
+            "check the backend (model, server URL) and rerun",
+            by_user=False,
+        )
     metrics = compute_metrics(
         records, output_kind=task.output, labels=labels or task.labels, fields=task.fields, seed=seed
     )
