@@ -22,7 +22,7 @@ from vlmopt.serving.grammar import GrammarCompiler, bound_label_arrays
 from vlmopt.serving.label_scoring import ClassifierField, candidate_tokens, classifier_field
 from vlmopt.serving.model_loading import (
     HubUnreachableError,
-    ModelNotFoundError,
+    ModelSourceError,
     directory_fingerprint,
     locate_model,
     resolve_dtype,
@@ -208,7 +208,7 @@ def test_offline_is_what_huggingface_hub_says_not_the_environment(monkeypatch):
 
 def test_a_missing_model_directory_is_named_not_blamed_on_the_hub(tmp_path):
     missing = str(tmp_path / "no-such-model")
-    with pytest.raises(ModelNotFoundError, match=f"{missing}.*neither a local directory nor a hub id"):
+    with pytest.raises(ModelSourceError, match=f"{missing}.*neither a local directory nor a hub id"):
         locate_model(missing)
 
 

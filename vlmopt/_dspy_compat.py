@@ -28,13 +28,17 @@ import dspy
 import pydantic
 
 from vlmopt import __version__
+from vlmopt.errors import VlmoptError
 
 SUPPORTED_DSPY = "dspy>=3.4.1,<3.5"
 """The DSPy range this seam is written against (pyproject's pin; a test keeps the two equal)."""
 
 
-class DSPyCompatError(RuntimeError):
-    """The installed DSPy lacks an internal API vlmopt relies on (renamed, removed or re-shaped)."""
+class DSPyCompatError(VlmoptError, RuntimeError):
+    """The installed DSPy lacks an internal API vlmopt relies on (renamed, removed or re-shaped).
+
+    A user fixes it by installing the DSPy range the message names, so the CLI prints it as one line.
+    """
 
     def __init__(self, thing: str):
         super().__init__(

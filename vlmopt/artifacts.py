@@ -42,6 +42,7 @@ from vlmopt._dspy_compat import structured_outputs_model
 from vlmopt.artifact_schema import FORMAT, FORMAT_VERSION, READABLE_VERSIONS, Artifact
 from vlmopt.config import TaskConfig, TaskSpec
 from vlmopt.datasets.images import JPEG_QUALITY, serialized_image_url
+from vlmopt.errors import VlmoptError
 from vlmopt.programs import Classify, create_program
 from vlmopt.programs.signatures import make_signature
 
@@ -49,7 +50,7 @@ IMAGE_SLOT = "{image}"
 _SLOT_URL = "data:image/png;base64,aW1hZ2Utc2xvdA=="  # a marker, replaced by IMAGE_SLOT
 
 
-class ArtifactError(ValueError):
+class ArtifactError(VlmoptError, ValueError):
     """The artifact cannot be trusted or used: tampered, truncated, wrong version, other labels."""
 
 

@@ -1,18 +1,21 @@
 """The ``vlmopt`` command line: one command per job, thin glue over library functions.
 
 Errors a user can fix (bad config, unreadable dataset, unreachable hub or server, unwritable run
-directory) print one clear message and exit non-zero — never a traceback.
+directory) are ``VlmoptError`` subclasses raised where the problem is found; ``user_errors``
+prints each as one line naming the item and the fix, and exits 2 — never a traceback. Options
+with a fixed set of choices are enums, so ``--help`` lists them and typer refuses other values.
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from vlmopt.cli_choices import Backend, ExportFormat, Objective, Split
+from vlmopt.cli_errors import check_output_file, err_console, user_errors
 from vlmopt.config import ConfigError, TaskConfig, load_config
 
 app = typer.Typer(
@@ -26,7 +29,6 @@ config_app = typer.Typer(help="Check and show task configs.", no_args_is_help=Tr
 app.add_typer(config_app, name="config")
 
 console = Console()
-err_console = Console(stderr=True)
 
 
 @app.callback()
@@ -53,32 +55,8 @@ ConfigArg = Annotated[Path, typer.Argument(help="Task config YAML (native or fla
 ServerUrlOpt = Annotated[
     str | None, typer.Option("--base-url", help="OpenAI-compatible server URL (implies --backend openai).")
 ]
-ThreadsOpt = Annotated[int | None, typer.Option(help="Concurrent calls (default: run.num_threads).")]
+ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="Concurrent calls (default: run.num_threads).")]
 ArtifactOpt = Annotated[Path, typer.Option(help="The frozen program (artifact.json).", show_default=False)]
-
-
-def user_errors(fn):
-    """Turn the errors a user can act on into a one-line message and exit code 2."""
-    from vlmopt.errors import HUB_ERRORS, OFFLINE_HINT, USER_ERRORS
-    from vlmopt.evaluate import EvaluationInterrupted
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except EvaluationInterrupted as exc:
-            err_console.print(f"[bold yellow]stopped:[/] {exc}", highlight=False)
-            raise typer.Exit(130 if exc.by_user else 2) from None
-        except USER_ERRORS as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
-            if isinstance(exc, HUB_ERRORS):
-                err_console.print(OFFLINE_HINT, highlight=False)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]: results written so far are kept in the run directory.")
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 def _load(path: Path) -> TaskConfig:
@@ -104,10 +82,10 @@ def config_show(config: ConfigArg) -> None:
 @user_errors
 def evaluate(
     config: ConfigArg,
-    split: Annotated[str, typer.Option(help="Which split to score: val, test or all.")] = "test",
-    limit: Annotated[int | None, typer.Option(help="Score only the first N items of the split.")] = None,
+    split: Annotated[Split, typer.Option(help="Which split to score.")] = Split.test,
+    limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N items of the split.")] = None,
     num_threads: ThreadsOpt = None,
-    backend: Annotated[str | None, typer.Option(help="Override backend.kind: transformers or openai.")] = None,
+    backend: Annotated[Backend | None, typer.Option(help="Override backend.kind.")] = None,
     base_url: ServerUrlOpt = None,
     artifact: Annotated[
         Path | None, typer.Option(help="A frozen program (artifact.json) to score instead of the config's prompt.")
@@ -117,11 +95,9 @@ def evaluate(
     from vlmopt.pipeline import evaluate_task
     from vlmopt.reports.metrics_table import summary_table
 
-    if split not in ("val", "test", "all", "train"):
-        raise ConfigError(f"--split must be val, test or all (got {split!r})")
     cfg = _with_backend(_load(config), backend, base_url)
     run, outcome = evaluate_task(
-        cfg, split=split, limit=limit, num_threads=num_threads, artifact=artifact, console=console
+        cfg, split=split.value, limit=limit, num_threads=num_threads, artifact=artifact, console=console
     )
     console.print(summary_table(outcome.metrics))
     calls = "not counted by this backend" if outcome.model_calls is None else outcome.model_calls
@@ -129,14 +105,14 @@ def evaluate(
     console.print(f"run directory: [bold]{run.path}[/]")
 
 
-def _with_backend(cfg: TaskConfig, backend: str | None, base_url: str | None) -> TaskConfig:
+def _with_backend(cfg: TaskConfig, backend: Backend | None, base_url: str | None) -> TaskConfig:
     """Apply --backend / --base-url through the same validation as the YAML."""
     from vlmopt.config import parse_config
 
     if backend is None and base_url is None:
         return cfg
     raw = cfg.model_dump()
-    raw["backend"]["kind"] = backend or "openai"
+    raw["backend"]["kind"] = backend.value if backend else Backend.openai.value
     if base_url:
         raw["backend"]["base_url"] = base_url
     return parse_config(raw, "command line")
@@ -149,15 +125,15 @@ def optimize(
     num_threads: ThreadsOpt = None,
     base_url: ServerUrlOpt = None,
     search_trials: Annotated[int | None, typer.Option(
-        "--search",
+        "--search", min=0,
         help="Outer Optuna trials over program choices (framing, reasoning, structured decoding, demos, "
         "image side, budget), each a MIPROv2 run.",
     )] = None,
     storage: Annotated[str | None, typer.Option(
         help="Optuna RDB URL for the outer study (default: SQLite in the run directory; PostgreSQL to share it).",
     )] = None,
-    objective: Annotated[list[str] | None, typer.Option(
-        help="Outer search objective, repeatable: accuracy, tokens, latency (two or more: Pareto front).",
+    objective: Annotated[list[Objective] | None, typer.Option(
+        help="Outer search objective, repeatable (two or more: Pareto front).",
     )] = None,
     calibrate: Annotated[bool | None, typer.Option(
         "--calibrate/--no-calibrate",
@@ -182,7 +158,8 @@ def optimize(
     from vlmopt.config import parse_config
 
     raw = cfg.model_dump()
-    updates = {"search_trials": search_trials, "storage": storage, "search_objectives": objective,
+    objectives = [o.value for o in objective] if objective else None
+    updates = {"search_trials": search_trials, "storage": storage, "search_objectives": objectives,
                "calibrate": calibrate}
     raw["optimizer"].update({k: v for k, v in updates.items() if v is not None})
     if num_threads:
@@ -228,7 +205,8 @@ def _search_worker(cfg: TaskConfig) -> None:
 @user_errors
 def predict(
     paths: Annotated[
-        list[Path], typer.Argument(help="Image files or folders (searched recursively).", show_default=False)
+        list[Path],
+        typer.Argument(exists=True, help="Image files or folders (searched recursively).", show_default=False),
     ],
     artifact: ArtifactOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Rows out: .jsonl, .csv or .parquet.")] = Path(
@@ -238,7 +216,7 @@ def predict(
         Path | None, typer.Option(help="Task config for the backend (default: the artifact's model, in-process).")
     ] = None,
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL instead of in-process.")] = None,
-    num_threads: Annotated[int, typer.Option(help="Concurrent calls.")] = 4,
+    num_threads: Annotated[int, typer.Option(min=1, help="Concurrent calls.")] = 4,
 ) -> None:
     """Classify image files with a frozen program; write id, label, confidence rows (JSONL, CSV or Parquet)."""
     from vlmopt.artifacts import check_backend, load_artifact
@@ -246,6 +224,8 @@ def predict(
     from vlmopt.predict import image_files, predict_files, write_rows
     from vlmopt.serving.factory import create_lm
 
+    check_output_file(output)
+    files = image_files(paths)
     frozen = load_artifact(artifact)
     if config is not None:
         cfg = _load(config)
@@ -255,7 +235,6 @@ def predict(
         cfg = TaskConfig(model=model, dataset=DatasetConfig(source="-"), task=frozen.task)
     cfg = _with_backend(cfg, None, base_url)
     check_backend(frozen, cfg)
-    files = image_files(paths)
     rows, skipped = predict_files(frozen, files, lm=create_lm(cfg), max_side=cfg.dataset.max_image_side,
                                   num_threads=num_threads)
     write_rows(rows, output)
@@ -268,9 +247,9 @@ def predict(
 @user_errors
 def export(
     artifact: ArtifactOpt,
-    format: Annotated[
-        str, typer.Option("--format", help="openai-request (chat-completions body) or prompt-json.")
-    ] = "openai-request",
+    format: Annotated[ExportFormat, typer.Option(
+        "--format", help="openai-request (a chat-completions body) or prompt-json (messages and decision rule).",
+    )] = ExportFormat.openai_request,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
     model_name: Annotated[
         str | None, typer.Option(help="Model name the server serves (default: the artifact's).")
@@ -280,16 +259,16 @@ def export(
     import json
 
     from vlmopt.artifacts import load_artifact
-    from vlmopt.export import FORMATS, decision_caveat
+    from vlmopt.export import decision_caveat
     from vlmopt.export import export as export_artifact
 
-    if format not in FORMATS:
-        raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {format!r})")
+    if output is not None:
+        check_output_file(output)
     frozen = load_artifact(artifact)
-    caveat = decision_caveat(frozen) if format == "openai-request" else None
+    caveat = decision_caveat(frozen) if format is ExportFormat.openai_request else None
     if caveat:
         err_console.print(f"[yellow]note:[/] {caveat}")
-    text = json.dumps(export_artifact(frozen, format, model_name), indent=2, ensure_ascii=False)
+    text = json.dumps(export_artifact(frozen, format.value, model_name), indent=2, ensure_ascii=False)
     if output is None:
         print(text)
     else:
@@ -319,13 +298,13 @@ def report(
 def serve(
     model: Annotated[str, typer.Argument(help="Hub id or local model directory to serve.", show_default=False)],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: a free one).")] = None,
     max_model_len: Annotated[int | None, typer.Option(
-        help="Context length, room for the demos' image tokens (default: 8192, or the model's own when shorter)."
+        min=1, help="Context length, room for the demos' image tokens (default: 8192, or the model's own when shorter)."
     )] = None,
-    max_images: Annotated[int, typer.Option(help="Images per prompt: few-shot demos plus the query.")] = 9,
+    max_images: Annotated[int, typer.Option(min=1, help="Images per prompt: few-shot demos plus the query.")] = 9,
     python: Annotated[str | None, typer.Option(help="Interpreter with vLLM (default: .venv-vllm or this one).")] = None,
-    startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 900.0,
+    startup_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds to wait for /health.")] = 900.0,
 ) -> None:
     """Start a vLLM OpenAI-compatible server for a VLM classifier; print its base URL; Ctrl-C or SIGTERM stops it.
 
@@ -334,7 +313,8 @@ def serve(
     """
     import signal
 
-    from vlmopt.serving.vllm_server import VLLMServer, check_model_path, default_max_model_len
+    from vlmopt.serving.model_path import check_model_path
+    from vlmopt.serving.vllm_server import VLLMServer, default_max_model_len
 
     check_model_path(model)
     signal.signal(signal.SIGTERM, _interrupt)  # a supervisor's stop: leave the `with` block as on Ctrl-C

@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vlmopt.errors import VlmoptError
 
 
-class ConfigError(ValueError):
+class ConfigError(VlmoptError, ValueError):
     """A task config that cannot be used; the message says what to change and where."""
 
 
@@ -183,6 +185,23 @@ class OptimizerConfig(_Section):
         description="After the search, fit per-label decision weights on val with DSPy's ReAnchor over the "
         "measured label probabilities; kept only when they win.",
     )
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_is_a_database_url(cls, url: str | None) -> str | None:
+        """A bad URL is refused here, not after the baseline has run and the study opens."""
+        if url is not None:
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                make_url(url).get_dialect()
+            except ArgumentError as exc:
+                raise ValueError(
+                    f"not a database URL SQLAlchemy can open ({exc}); e.g. sqlite:///study.db or "
+                    "postgresql+psycopg://user@host/db"
+                ) from None
+        return url
 
 
 class RunConfig(_Section):
@@ -344,6 +363,15 @@ def parse_config(raw: Any, source: str = "<config>") -> TaskConfig:
         raise ConfigError(_explain(err, source)) from None
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's problem and where, on one line (its own text spans several, with a caret drawing)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(exc).split())
+    return problem if mark is None else f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
 def load_config(path: str | Path) -> TaskConfig:
     """Read a task YAML (``yaml.safe_load`` only) and validate it; errors name the file."""
     path = Path(path)
@@ -352,7 +380,7 @@ def load_config(path: str | Path) -> TaskConfig:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML for a task config: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML for a task config: {_yaml_problem(exc)}") from None
     cfg = parse_config(raw, str(path))
     if cfg.name is None:
         cfg = cfg.model_copy(update={"name": path.stem})

@@ -1,38 +1,30 @@
-"""The errors a user can act on, gathered for the CLI: each prints as one message, never a traceback.
+"""The base of every error a user can fix: the CLI prints it as one line and exits 2, never a traceback.
 
-Each layer raises its own error class where the problem is found (the config, the dataset, the
-hub, the server, the run directory); this module only lists them, so the CLI's catch-all stays
-one line and a new layer's error is added here once.
+Each layer raises its own subclass where the problem is found (``ConfigError``, ``DatasetError``,
+``ArtifactError``, ``RunDirError``, ``VLLMServerError`` ...), with a message that names the bad
+item and the fix; the CLI catches ``VlmoptError`` in one place. This module imports nothing from
+vlmopt (or anything else), so every layer can subclass it without an import cycle.
+
+Example::
+
+    class DatasetError(VlmoptError, ValueError): ...   # ValueError kept for callers that catch it
+
+    raise DatasetError(f"image folder {path} holds no images; put them in <class_name>/ subfolders")
 """
 
 from __future__ import annotations
 
-import dspy
-
-from vlmopt.artifacts import ArtifactError
-from vlmopt.config import ConfigError
-from vlmopt.datasets.errors import DatasetError, HubUnreachable
-from vlmopt.evaluate import EvaluationInterrupted
-from vlmopt.reports.run_dir import RunDirError
-from vlmopt.serving.families import UnsupportedModelError
-from vlmopt.serving.model_loading import HubUnreachableError, ModelNotFoundError
-from vlmopt.serving.vllm_server import VLLMServerError
-
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    ArtifactError,
-    DatasetError,
-    HubUnreachableError,
-    ModelNotFoundError,
-    RunDirError,
-    EvaluationInterrupted,
-    VLLMServerError,
-    UnsupportedModelError,
-    dspy.LMTransportError,  # an unreachable server: DSPy names host and port
-    dspy.LMTimeoutError,
-)
-
-HUB_ERRORS: tuple[type[BaseException], ...] = (HubUnreachable, HubUnreachableError)
-"""The hub could not be reached (for the dataset or the model): the CLI names the offline path."""
-
 OFFLINE_HINT = "To check the whole pipeline without the hub: vlmopt demo --offline"
+"""The second line under a hub error: the path that needs no network."""
+
+
+class VlmoptError(Exception):
+    """A problem the user can fix; ``str(error)`` names the bad item and the fix, on one line.
+
+    Class attributes a subclass may set, read by the CLI:
+    ``prefix`` (the word before the message), ``exit_code``, ``hint`` (a second line, or None).
+    """
+
+    prefix = "error"
+    exit_code = 2
+    hint: str | None = None

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vlmopt.config import TaskSpec
+from vlmopt.errors import VlmoptError
 from vlmopt.metrics import answer_correct, compute_metrics
 from vlmopt.metrics.records import PredictionRecord
 from vlmopt.programs.records import prediction_record
@@ -32,12 +33,15 @@ from vlmopt.reports.run_dir import RunDir
 logger = logging.getLogger(__name__)
 
 
-class EvaluationInterrupted(RuntimeError):
+class EvaluationInterrupted(VlmoptError, RuntimeError):
     """The run stopped early (Ctrl-C or too many failed items); finished rows are on disk."""
+
+    prefix = "stopped"
 
     def __init__(self, message: str, *, by_user: bool):
         super().__init__(message)
         self.by_user = by_user
+        self.exit_code = 130 if by_user else 2
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,12 @@ def evaluate_program(
 
     records, errors = tally.close()
     _record_failures(run, errors)
+    if not records and errors:  # fewer items than max_errors, all failed: nothing to score
+        raise EvaluationInterrupted(
+            f"{description}: all {len(examples)} items failed (first error: {next(iter(errors.values()))}); "
+            "check the backend (model, server URL) and rerun",
+            by_user=False,
+        )
     metrics = compute_metrics(
         records, output_kind=task.output, labels=labels or task.labels, fields=task.fields, seed=seed
     )

@@ -15,6 +15,7 @@ import dspy
 import pandas as pd
 
 from vlmopt.artifacts import FrozenProgram
+from vlmopt.datasets.errors import DatasetError
 from vlmopt.datasets.images import BadImage, load_image, to_dspy_image
 from vlmopt.programs.adapter import RAW_KEY
 from vlmopt.programs.confidence import label_confidence
@@ -25,13 +26,17 @@ COLUMNS = ["id", "label", "confidence", "valid", "raw"]
 
 
 def image_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, and image files under folders (sorted, recursive)."""
+    """Files as given, and image files under folders (sorted, recursive); none at all is a ``DatasetError``."""
+    paths = [Path(p) for p in paths]
     found: list[Path] = []
-    for path in map(Path, paths):
+    for path in paths:
         if path.is_dir():
             found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
         else:
             found.append(path)
+    if not found:
+        names = ", ".join(map(str, paths))
+        raise DatasetError(f"no image files in {names} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return found
 
 

@@ -23,7 +23,8 @@ from PIL import Image
 from vlmopt.config import DatasetConfig, TaskSpec
 from vlmopt.datasets.errors import DatasetError
 
-_IMAGE_SUFFIXES = frozenset(Image.registered_extensions())
+IMAGE_SUFFIXES = frozenset(Image.registered_extensions())
+"""File name endings PIL opens: what a manifest's image paths and an image folder's files end in."""
 RESERVED_KEYS = ("image", "id", "label")
 
 
@@ -101,7 +102,7 @@ def _detect_image(dataset: datasets.Dataset, source: str) -> str:
 
 def _has_image_suffix(value: str) -> bool:
     dot = value.rfind(".")
-    return dot != -1 and value[dot:].lower() in _IMAGE_SUFFIXES
+    return dot != -1 and value[dot:].lower() in IMAGE_SUFFIXES
 
 
 def _detect_label(features: datasets.Features, taken: set, source: str) -> str:

@@ -29,7 +29,7 @@ import dspy
 
 from vlmopt.config import TaskConfig
 from vlmopt.datasets.columns import Columns, detect_columns
-from vlmopt.datasets.errors import DatasetError
+from vlmopt.datasets.errors import DatasetError, TooFewClasses
 from vlmopt.datasets.images import BadImage, load_image, to_dspy_image
 from vlmopt.datasets.labels import LabelSkip, TargetReader, order_labels, strata
 from vlmopt.datasets.sources import OpenedSource, open_source
@@ -88,8 +88,8 @@ def load_splits(cfg: TaskConfig, *, max_pixels: int | None = None) -> LoadedSpli
 
     ``max_pixels`` is the decompression-bomb guard (default ``dataset.max_image_pixels``, else
     PIL's ``Image.MAX_IMAGE_PIXELS``).
-    Raises ``DatasetError`` (or its ``HubUnreachable`` / ``SplitError``) for a problem with the
-    whole dataset; a problem with one item is a ``Skip`` in the result instead.
+    Raises ``DatasetError`` (or its ``HubUnreachable`` / ``SplitError`` / ``TooFewClasses``) for a
+    problem with the whole dataset; a problem with one item is a ``Skip`` in the result instead.
     """
     dcfg = cfg.dataset
     opened = open_source(dcfg, seed=cfg.seed)
@@ -100,6 +100,8 @@ def load_splits(cfg: TaskConfig, *, max_pixels: int | None = None) -> LoadedSpli
     skipped: list[Skip] = []
     items = _read_items(opened, columns, reader, skipped)
     classes = reader.class_names([item.target for item in items])
+    if cfg.task.output == "single_label" and len(classes) < 2:
+        raise TooFewClasses(classes, dcfg.source)
     if cfg.task.output == "multi_label":
         order_labels([item.target for item in items], classes)
     if dcfg.n_samples is not None:

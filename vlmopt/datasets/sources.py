@@ -25,7 +25,8 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
 from vlmopt.config import DatasetConfig
-from vlmopt.datasets.errors import DatasetError, HubUnreachable
+from vlmopt.datasets.columns import IMAGE_SUFFIXES
+from vlmopt.datasets.errors import DatasetError, HubUnreachable, TooFewClasses
 
 MANIFEST_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -75,7 +76,14 @@ def open_source(cfg: DatasetConfig, *, seed: int = 0) -> OpenedSource:
     if kind == "imagefolder":
         if not path.is_dir():
             raise DatasetError(f"dataset.source {cfg.source!r} (kind imagefolder) is not a folder")
+        if next(_folder_images(path), None) is None:
+            raise DatasetError(
+                f"image folder {cfg.source!r} holds no image files (.jpg, .jpeg, .png, .webp, .bmp, .gif, .tiff "
+                "or another format PIL reads): put each class's images in a <class_name>/ subfolder"
+            )
         dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=cfg.split)
+        if set(dataset.features) == {"image"}:  # datasets found no metadata file and did not infer labels
+            _check_class_folders(path, cfg.source)
         return OpenedSource(_undecoded(dataset), kind, path.resolve())
     if kind == "manifest":
         builder = MANIFEST_BUILDERS.get(path.suffix.lower())
@@ -84,6 +92,21 @@ def open_source(cfg: DatasetConfig, *, seed: int = 0) -> OpenedSource:
         dataset = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train")
         return OpenedSource(dataset, kind, path.resolve().parent)
     return OpenedSource(_undecoded(_open_saved(path, cfg.split)), kind, None)
+
+
+def _folder_images(path: Path):
+    """The image files under ``path`` (any depth), lazily: the first one found answers "any images?"."""
+    return (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _check_class_folders(path: Path, source: str) -> None:
+    """datasets infers labels from two or more class folders; fewer is a ``TooFewClasses`` naming them.
+
+    (With two or more folders at mixed depths datasets infers none either; column detection says so.)
+    """
+    classes = sorted({p.parent.name for p in _folder_images(path) if p.parent != path})
+    if len(classes) < 2:
+        raise TooFewClasses(classes, source)
 
 
 def _is_saved_dir(path: Path) -> bool:

@@ -25,10 +25,11 @@ from collections.abc import Mapping
 import dspy
 
 from vlmopt._dspy_compat import choice_decision
+from vlmopt.errors import VlmoptError
 from vlmopt.programs.signatures import answer_fields
 
 
-class UnmeasuredDecisionError(ValueError):
+class UnmeasuredDecisionError(VlmoptError, ValueError):
     """A calibrated decision met a prediction without a measured label distribution."""
 
     def __init__(self) -> None:

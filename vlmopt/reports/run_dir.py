@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmopt.config import TaskConfig
+from vlmopt.errors import VlmoptError
 from vlmopt.metrics.records import PredictionRecord
 
 PREDICTIONS = "predictions.jsonl"
@@ -29,8 +30,12 @@ METRICS = "metrics.json"
 CONFIG = "config.yaml"
 
 
-class RunDirError(OSError):
+class RunDirError(VlmoptError, OSError):
     """The run directory cannot be created or written; raised before any model work starts."""
+
+
+class NotARunDir(RunDirError, FileNotFoundError):
+    """A path given as a run directory holds no finished run (``report`` on the wrong folder)."""
 
 
 class RunDir:
@@ -59,6 +64,23 @@ class RunDir:
                 f"cannot write the run directory {path}: {exc.strerror or exc}. "
                 "Set run.output_dir to a writable location with free space."
             ) from None
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        """A finished run's directory (it has ``metrics.json``); anything else is a ``NotARunDir`` saying
+        what a run directory holds."""
+        path = Path(path)
+        if not (path / METRICS).is_file():
+            if path.is_dir():
+                problem = f"has no {METRICS}"
+            else:
+                problem = "is a file" if path.exists() else "does not exist"
+            raise NotARunDir(
+                f"{path} {problem}, so it is not a finished vlmopt run directory: give a folder that "
+                f"`vlmopt evaluate` or `optimize` wrote under run.output_dir (runs/<name>-<timestamp>/, "
+                f"holding {CONFIG}, {PREDICTIONS} and {METRICS})"
+            )
         return cls(path)
 
     def child(self, name: str) -> RunDir:

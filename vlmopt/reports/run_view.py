@@ -31,7 +31,7 @@ from vlmopt.metrics.classification import INVALID
 from vlmopt.metrics.multifield import fields_correct
 from vlmopt.metrics.multilabel import exact_match
 from vlmopt.metrics.records import Answer, PredictionRecord
-from vlmopt.reports.run_dir import CONFIG, METRICS, RunDir
+from vlmopt.reports.run_dir import CONFIG, METRICS, NotARunDir, RunDir
 
 BASELINE_METRICS = "baseline_metrics.json"
 PROMPT = "prompt.json"
@@ -212,13 +212,11 @@ class RunView:
 
 def load_run_view(run_dir: str | Path) -> RunView:
     """Read a run directory; a missing ``metrics.json`` or ``predictions.jsonl`` is an error."""
-    path = Path(run_dir)
-    if not (path / METRICS).exists():
-        raise FileNotFoundError(f"{path} has no {METRICS}: is it a finished vlmopt run directory?")
-    run = RunDir(path)
+    run = RunDir.open(run_dir)
+    path = run.path
     records = run.predictions()
     if not records:
-        raise FileNotFoundError(f"{path} has no predictions to show")
+        raise NotARunDir(f"{path} has no predictions to show")
     metrics = _read_json(path / METRICS)
     kind = infer_output_kind(metrics, records)
     config_path = path / CONFIG

@@ -38,10 +38,12 @@ from typing import Literal
 
 import torch
 
+from vlmopt.errors import VlmoptError
+
 PositionScheme = Literal["sequential", "mrope"]
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(VlmoptError, ValueError):
     """The checkpoint's architecture cannot be served correctly (named, with the supported families)."""
 
 

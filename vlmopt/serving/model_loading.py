@@ -20,18 +20,18 @@ from pathlib import Path
 
 import torch
 
+from vlmopt.errors import OFFLINE_HINT, VlmoptError
 from vlmopt.serving.families import UnsupportedModelError, check_requirements, family_for_config
+from vlmopt.serving.model_path import ModelSourceError, check_model_path
 
 PROBE_TIMEOUT_S = 5.0
 """How long to wait for the hub before declaring it unreachable."""
 
 
-class HubUnreachableError(RuntimeError):
+class HubUnreachableError(VlmoptError, RuntimeError):
     """The model is a hub id, is not cached locally, and the hub cannot be reached."""
 
-
-class ModelNotFoundError(ValueError):
-    """``model.id`` names no local directory and no model on the hub."""
+    hint = OFFLINE_HINT
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,9 @@ def locate_model(model: str, revision: str | None = None) -> ModelSource:
     local = Path(model).expanduser()
     if local.is_dir():
         if revision is not None:
-            raise ValueError(f"revision={revision!r} applies to hub ids; {model!r} is a local directory")
+            raise ModelSourceError(f"revision={revision!r} applies to hub ids; {model!r} is a local directory")
         return ModelSource(model, local.resolve(), directory_fingerprint(local))
+    check_model_path(model)
     from huggingface_hub import HfApi, is_offline_mode, snapshot_download
     from huggingface_hub.errors import (
         HFValidationError,
@@ -71,7 +72,7 @@ def locate_model(model: str, revision: str | None = None) -> ModelSource:
         path = Path(snapshot_download(model, revision=revision, local_files_only=True))
         return ModelSource(model, path, path.name)
     except HFValidationError:
-        raise ModelNotFoundError(
+        raise ModelSourceError(
             f"model {model!r} is neither a local directory nor a hub id (owner/name): "
             "set model.id to an existing directory or a hub id"
         ) from None
@@ -82,7 +83,7 @@ def locate_model(model: str, revision: str | None = None) -> ModelSource:
     try:
         info = HfApi().model_info(model, revision=revision, timeout=PROBE_TIMEOUT_S)
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
-        raise ModelNotFoundError(
+        raise ModelSourceError(
             f"model {model!r} (revision {revision or 'main'}) does not exist on the hub: {exc}"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - network errors come as several httpx/OS types

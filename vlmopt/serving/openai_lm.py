@@ -25,6 +25,8 @@ import os
 import dspy
 from dspy.lm15 import AccessPolicy, ModelSupport, OpenAIChatCompat, ProviderDefinition, register_provider
 
+from vlmopt.config import ConfigError
+
 PROVIDER = "vlmopt-server"
 """Provider prefix of the model strings this module builds."""
 
@@ -87,13 +89,15 @@ def create_openai_lm(
         **kwargs: more default request parameters, e.g. `top_logprobs=5`.
 
     Raises:
-        ValueError: `api_key_env` is named but not set.
+        ConfigError: `api_key_env` is named but not set.
     """
     register_server_provider()
     if api_key_env is not None:
         api_key = os.environ.get(api_key_env)
         if not api_key:
-            raise ValueError(f"Environment variable {api_key_env} (the API key for {base_url}) is not set")
+            raise ConfigError(
+                f"environment variable {api_key_env} (backend.api_key_env, the API key for {base_url}) is not set"
+            )
         kwargs["api_key"] = api_key
     return dspy.LM(
         f"{PROVIDER}/{model}",

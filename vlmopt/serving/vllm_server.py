@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from vlmopt.errors import VlmoptError
 from vlmopt.serving.families import family_for_model_type
 
 VLLM_PYTHON_ENV = "VLMOPT_VLLM_PYTHON"
@@ -53,7 +54,7 @@ keeping the KV cache small; a model with a shorter context gets its own (`model_
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
-class VLLMServerError(RuntimeError):
+class VLLMServerError(VlmoptError, RuntimeError):
     """The vLLM server could not be started (it exited, or never became healthy)."""
 
 
@@ -117,15 +118,6 @@ def default_max_model_len(model: str) -> int | None:
     """`DEFAULT_MAX_MODEL_LEN`, or the model's own context length when shorter (vLLM refuses more)."""
     derived = model_max_len(model)
     return DEFAULT_MAX_MODEL_LEN if derived is None else min(derived, DEFAULT_MAX_MODEL_LEN)
-
-
-def check_model_path(model: str) -> None:
-    """A model given as a path must be a directory here; a hub id (``org/name``) is left to vLLM."""
-    path = Path(model).expanduser()
-    looks_like_path = model.startswith((".", "/", "~")) or path.exists() or model.count("/") > 1
-    if looks_like_path and not path.is_dir():
-        problem = "is a file, not a model directory" if path.exists() else "does not exist"
-        raise VLLMServerError(f"model directory {model!r} {problem}; give a local model directory or a hub id")
 
 
 def check_vllm_installed(python: str) -> None:
