@@ -10,7 +10,10 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from contextlib import ExitStack
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +34,7 @@ from vlmopt.optimizers.trial_program import demo_trainset, rebuild_trial
 from vlmopt.programs import create_program
 from vlmopt.reports.html import write_report
 from vlmopt.reports.run_dir import METRICS, RunDir
-from vlmopt.serving.factory import create_lm, create_prompt_lm, model_calls
+from vlmopt.serving.factory import close_lm, create_lm, create_prompt_lm, model_calls
 
 SplitName = Literal["train", "val", "test", "all"]
 
@@ -43,6 +46,33 @@ def configure_cache(cfg: TaskConfig) -> Path:
     return cache_dir
 
 
+_CREATED_LMS: ContextVar[ExitStack] = ContextVar("vlmopt_pipeline_created_lms")
+
+
+def _closes_the_lms_it_creates(job):
+    """Decorates a task job: every LM the job builds is closed when it returns or fails.
+
+    An in-process engine holds the weights and a worker thread until closed; an LM the caller
+    passed in is the caller's, and stays open.
+    """
+    @functools.wraps(job)
+    def run(*args, **kwargs):
+        with ExitStack() as created:
+            token = _CREATED_LMS.set(created)
+            try:
+                return job(*args, **kwargs)
+            finally:
+                _CREATED_LMS.reset(token)
+
+    return run
+
+
+def _created(lm: dspy.LM) -> dspy.LM:
+    """``lm``, built by the running job: closed when the job ends."""
+    _CREATED_LMS.get().callback(close_lm, lm)
+    return lm
+
+
 def _start_run(cfg: TaskConfig, lm: dspy.LM | None) -> tuple[RunDir, LoadedSplits, dspy.LM, int | None]:
     """Run directory first (an unwritable one fails before any work), then data, then the model."""
     run = RunDir.create(cfg.run.output_dir, cfg.name or "run")
@@ -51,10 +81,11 @@ def _start_run(cfg: TaskConfig, lm: dspy.LM | None) -> tuple[RunDir, LoadedSplit
     splits = load_splits(cfg)
     for skip in splits.skipped:
         run.append_failure(skip.id, "image", f"{skip.reason}: {skip.message}")
-    lm = lm or create_lm(cfg)
+    lm = lm or _created(create_lm(cfg))
     return run, splits, lm, model_calls(lm)
 
 
+@_closes_the_lms_it_creates
 def evaluate_task(
     cfg: TaskConfig,
     *,
@@ -151,6 +182,7 @@ class Winner:
     calibration: Calibration | None = None
 
 
+@_closes_the_lms_it_creates
 def optimize_task(
     cfg: TaskConfig,
     *,
@@ -282,6 +314,8 @@ def _mipro_search(cfg, splits, program, trainset, lm, prompt_lm, metric) -> Winn
     sees_images = True
     if prompt_lm is None:
         prompt_lm, sees_images = create_prompt_lm(cfg, lm)
+        if prompt_lm is not None and prompt_lm is not lm:  # a proposer LM built for this job
+            _created(prompt_lm)
     result = run_mipro(
         program, trainset, splits.val, task_lm=lm, metric=metric, settings=settings, seed=cfg.seed,
         num_threads=cfg.run.num_threads, prompt_lm=prompt_lm, prompt_model_sees_images=sees_images,
@@ -291,7 +325,7 @@ def _mipro_search(cfg, splits, program, trainset, lm, prompt_lm, metric) -> Winn
 
 def _outer_search(cfg, run, splits, lm, prompt_lm, lm_factory, console) -> Winner:
     """The Optuna study over program choices; the winner is rebuilt under its own settings."""
-    factory = lm_factory or shared_lm_factory(lambda c: lm if _same_engine(c, cfg) else create_lm(c))
+    factory = lm_factory or shared_lm_factory(lambda c: lm if _same_engine(c, cfg) else _created(create_lm(c)))
     search = run_search(cfg, run=run, lm_factory=factory, prompt_lm=prompt_lm, console=console,
                         objectives=cfg.optimizer.search_objectives)
     best = rebuild_trial(cfg, search.best)
@@ -303,7 +337,8 @@ def _outer_search(cfg, run, splits, lm, prompt_lm, lm_factory, console) -> Winne
 
 
 def _same_engine(a: TaskConfig, b: TaskConfig) -> bool:
-    return (a.model, a.backend, a.task.structured_generation) == (b.model, b.backend, b.task.structured_generation)
+    """Same weights and backend (structured generation is switched on the loaded model)."""
+    return (a.model, a.backend) == (b.model, b.backend)
 
 
 def _fit_demos(cfg: TaskConfig, program, trainset, lm) -> tuple[OptimizerConfig, list[str]]:

@@ -44,6 +44,32 @@ def create_lm(cfg: TaskConfig) -> dspy.LM:
     )
 
 
+def with_structured_generation(lm: dspy.LM, structured: bool) -> dspy.LM:
+    """``lm`` answering with structured generation on or off, on the weights it has already loaded.
+
+    The in-process engine states the setting to DSPy, so the other setting is a copy of the LM over
+    a view of the same engine (``TransformersEngine.with_structured``); a server LM has no such
+    switch (the program's adapter decides), so it is ``lm`` itself.
+    """
+    switch = getattr(lm.engine, "with_structured", None)
+    if switch is None:
+        return lm
+    engine = switch(structured)
+    return lm if engine is lm.engine else lm.copy(engine=engine)
+
+
+def close_lm(lm: dspy.LM) -> None:
+    """Release what an LM holds: DSPy's own connection pools and a custom engine (its worker, its client).
+
+    ``dspy.LM.close`` leaves custom engines alone (they are borrowed), so the one who built the
+    engine closes it, here.
+    """
+    lm.close()
+    close = None if isinstance(lm.engine, str) else getattr(lm.engine, "close", None)
+    if close is not None:
+        close()
+
+
 def create_prompt_lm(cfg: TaskConfig, task_lm: dspy.LM) -> tuple[dspy.LM | None, bool]:
     """(prompt LM, whether it sees images) for MIPROv2's instruction proposer.
 
