@@ -16,8 +16,8 @@ loads any ``AutoModelForImageTextToText`` + ``AutoProcessor`` once and serves ev
 
 Thread safety: callers' threads only prepare requests (chat template, grammar); the batch worker
 runs the model. The processor's fast tokenizer keeps its padding setting as state that every
-encode call rewrites, so the worker's batch encoding and ``count_prompt_tokens`` (any thread)
-take one lock, else a count could switch padding off under a batch being padded.
+encode call rewrites, so every encode (the worker's, and ``count_prompt_tokens`` on any thread)
+takes one lock, else a count could switch padding off under a batch being padded.
 
 DSPy's cache keys on the model string, not the engine, so the model string names the exact
 weights (hub commit or directory hash), dtype and device: ``engine.model_string``.
