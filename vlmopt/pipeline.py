@@ -31,7 +31,7 @@ from vlmopt.programs import create_program
 from vlmopt.reports.html import write_report
 from vlmopt.reports.plots import plot_confusion_matrix
 from vlmopt.reports.run_dir import METRICS, RunDir
-from vlmopt.serving.factory import create_lm, model_calls
+from vlmopt.serving.factory import closes_the_lms_it_creates, create_lm, model_calls
 
 SplitName = Literal["train", "val", "test", "all"]
 
@@ -55,6 +55,7 @@ def _start_run(cfg: TaskConfig, lm: dspy.LM | None) -> tuple[RunDir, LoadedSplit
     return run, splits, lm, model_calls(lm)
 
 
+@closes_the_lms_it_creates
 def evaluate_task(
     cfg: TaskConfig,
     *,
@@ -137,6 +138,7 @@ def _metrics_summary(outcome: EvalOutcome) -> dict[str, Any]:
     return {k: outcome.metrics[k] for k in keys if k in outcome.metrics}
 
 
+@closes_the_lms_it_creates
 def optimize_task(
     cfg: TaskConfig,
     *,

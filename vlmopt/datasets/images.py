@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import io
-import warnings
 from pathlib import Path
 
 import dspy
@@ -50,27 +49,30 @@ class BadImage(ValueError):
 def open_image(source: ImageSource, *, max_pixels: int | None = None, max_side: int | None = None) -> Image.Image:
     """Read and fully decode an image (first frame), or raise ``BadImage`` naming why not.
 
-    ``max_pixels`` is the decompression-bomb guard (default PIL's ``Image.MAX_IMAGE_PIXELS``):
-    a larger image is refused from its header, before its pixels are decoded. ``max_side`` lets
-    a JPEG decode at a reduced scale (never below ``max_side``), which saves memory on photos.
+    ``max_pixels`` is the decompression-bomb guard (default, and at most, PIL's
+    ``Image.MAX_IMAGE_PIXELS``): a larger image is refused from its header, before its pixels are
+    decoded. ``max_side`` lets a JPEG decode at a reduced scale (never below ``max_side``), which
+    saves memory on photos.
+
+    Between PIL's limit and twice it, ``Image.open`` only warns (``DecompressionBombWarning``); the
+    explicit check refuses the image all the same, and the warning is left to the process's filters
+    (an error under ``-W error``, refused alike). Not ``warnings.catch_warnings()`` here: it swaps
+    the process-global filter list, which is not thread-safe, and DSPy decodes on worker threads.
     """
     data = _read_bytes(source)
     name = str(source) if not isinstance(source, bytes) else "<bytes>"
-    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    limits = [limit for limit in (max_pixels, Image.MAX_IMAGE_PIXELS) if limit is not None]
+    limit = min(limits) if limits else None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if limit is not None and width * height > limit:
-                raise BadImage(
-                    "too_large", f"{name} is {width}x{height} = {width * height} pixels, over the {limit} limit"
-                )
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)
-            if max_side is not None and img.format == "JPEG":
-                img.draft(None, _fit(img.size, max_side))
-            img.load()
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if limit is not None and width * height > limit:
+            raise BadImage("too_large", f"{name} is {width}x{height} = {width * height} pixels, over the {limit} limit")
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        if max_side is not None and img.format == "JPEG":
+            img.draft(None, _fit(img.size, max_side))
+        img.load()
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

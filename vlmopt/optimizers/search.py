@@ -62,5 +62,5 @@ def search_program(cfg: TaskConfig, splits: LoadedSplits, lm: dspy.LM, *, run: R
 
 
 def same_engine(a: TaskConfig, b: TaskConfig) -> bool:
-    """Two configs that one loaded engine serves (the model, its backend and its decoding mode)."""
-    return (a.model, a.backend, a.task.structured_generation) == (b.model, b.backend, b.task.structured_generation)
+    """Two configs whose weights one loaded engine holds (structured generation is switched on it)."""
+    return (a.model, a.backend) == (b.model, b.backend)

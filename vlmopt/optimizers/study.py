@@ -55,7 +55,7 @@ from vlmopt.optimizers.study_storage import (
 )
 from vlmopt.optimizers.trial_program import PROGRAM_ATTR, program_record
 from vlmopt.reports.run_dir import RunDir
-from vlmopt.serving.factory import create_lm
+from vlmopt.serving.factory import create_lm, with_structured_generation
 
 logger = logging.getLogger(__name__)
 
@@ -92,20 +92,23 @@ class SearchResult:
 
 
 def shared_lm_factory(create: LmFactory = create_lm) -> LmFactory:
-    """An LM per distinct model/backend/decoding setting, built once — not a model load per trial.
+    """An LM per distinct model/backend, built once — not a model load per trial.
 
-    Structured decoding is an engine setting of the in-process backend, so the search holds at most
-    two LMs (constrained and free); every other searched choice is a prompt choice.
+    Structured decoding is a setting the in-process engine states to DSPy, so the search holds at
+    most two LMs (constrained and free) over one loaded model (``with_structured_generation``);
+    every other searched choice is a prompt choice.
     """
-    built: dict[str, dspy.LM] = {}
+    loaded: dict[str, dspy.LM] = {}
+    built: dict[tuple[str, bool], dspy.LM] = {}
 
     def factory(cfg: TaskConfig) -> dspy.LM:
-        key = json.dumps(
-            [cfg.model.model_dump(), cfg.backend.model_dump(), cfg.task.structured_generation], default=str
-        )
-        if key not in built:
-            built[key] = create(cfg)
-        return built[key]
+        key = json.dumps([cfg.model.model_dump(), cfg.backend.model_dump()], default=str)
+        structured = cfg.task.structured_generation
+        if key not in loaded:
+            loaded[key] = create(cfg)
+        if (key, structured) not in built:
+            built[key, structured] = with_structured_generation(loaded[key], structured)
+        return built[key, structured]
 
     return factory
 

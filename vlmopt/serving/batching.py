@@ -11,6 +11,10 @@ Example::
     batcher = MicroBatcher(lambda items: [x * 2 for x in items], max_batch_size=8, max_wait_ms=10)
     batcher.submit(21)  # -> 42, possibly computed in a batch with other threads' items
     batcher.stats.batch_sizes  # e.g. [1, 4, 4]
+
+Closing is safe from any thread at any moment: a ``submit`` racing a ``close`` is either queued
+before the stop marker (and served) or refused with ``RuntimeError``, never stranded behind it.
+One process-wide exit hook stops every live batcher (``_LIVE``), however many engines were built.
 """
 
 from __future__ import annotations
@@ -70,39 +74,45 @@ class MicroBatcher:
         self.max_wait_s = max_wait_ms / 1000.0
         self.stats = BatchStats()
         self._queue: queue.Queue[tuple[Any, Future] | None] = queue.Queue()
-        self._closed = threading.Event()
+        # Guards ``_closed`` and the queue's stop marker: once the marker is queued nothing is
+        # queued after it, so every item the worker can see is ahead of it.
+        self._lock = threading.Lock()
+        self._closed = False
         self._worker = threading.Thread(target=self._run, name=name, daemon=True)
         self._worker.start()
-        # At interpreter exit (say after Ctrl-C) the worker may be inside a torch call; letting
-        # finalization tear native threads down under it aborts the process. Stop it first.
-        atexit.register(_shutdown_at_exit, weakref.ref(self))
+        _LIVE.add(self)
 
     def submit(self, item: Any) -> Any:
         """Block until ``item`` has been processed; return its result or raise its exception."""
-        if self._closed.is_set():
-            raise RuntimeError("MicroBatcher is closed")
         future: Future = Future()
-        self._queue.put((item, future))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("MicroBatcher is closed: its engine was closed before this request was queued")
+            self._queue.put((item, future))
         return future.result()
 
     def close(self) -> None:
-        """Finish the queued items, then stop the worker thread."""
-        if not self._closed.is_set():
-            self._closed.set()
-            self._queue.put(None)
-            self._worker.join()
+        """Finish the queued items, then stop the worker thread (idempotent, from any thread)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(None)
+        _LIVE.discard(self)
+        self._worker.join()
 
     def shutdown(self) -> None:
         """Fail the items still queued, let the running batch finish, stop the worker."""
-        self._closed.set()
-        while True:
-            try:
-                entry = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if entry is not None:
-                entry[1].set_exception(RuntimeError("the engine shut down before this item ran"))
-        self._queue.put(None)
+        with self._lock:
+            self._closed = True
+            while True:
+                try:
+                    entry = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if entry is not None:
+                    entry[1].set_exception(RuntimeError("the engine shut down before this item ran"))
+            self._queue.put(None)  # the drain may have taken close()'s marker
+        _LIVE.discard(self)
         self._worker.join()
 
     def _collect(self, first: tuple[Any, Future]) -> tuple[list[tuple[Any, Future]], bool]:
@@ -152,7 +162,13 @@ class MicroBatcher:
             return exc
 
 
-def _shutdown_at_exit(ref: weakref.ReferenceType[MicroBatcher]) -> None:
-    batcher = ref()
-    if batcher is not None and batcher._worker.is_alive():
+_LIVE: weakref.WeakSet[MicroBatcher] = weakref.WeakSet()
+"""Batchers whose worker still runs; the one exit hook stops them."""
+
+
+@atexit.register
+def _shutdown_live_batchers() -> None:
+    """At interpreter exit (say after Ctrl-C) a worker may be inside a torch call; letting
+    finalization tear native threads down under it aborts the process. Stop them first."""
+    for batcher in list(_LIVE):
         batcher.shutdown()

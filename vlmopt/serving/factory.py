@@ -7,13 +7,51 @@ picks the in-process transformers engine (the embedded default) or an OpenAI-com
 
 from __future__ import annotations
 
+import functools
+from contextlib import ExitStack
+from contextvars import ContextVar
+
 import dspy
 
 from vlmopt.config import TaskConfig
 
+_JOB_LMS: ContextVar[ExitStack | None] = ContextVar("vlmopt_job_lms", default=None)
+
+
+def closes_the_lms_it_creates(job):
+    """Decorates a job (evaluate, optimize): every LM built here while it runs is closed when it ends.
+
+    An in-process engine holds the weights and a worker thread until closed. The job may build
+    LMs deep inside (a search trial's engine, a prompt model), so ownership follows the call, not
+    the return values: ``create_lm`` / ``create_prompt_lm`` register what they build with the
+    running job. An LM the caller passed in is the caller's, and stays open.
+    """
+    @functools.wraps(job)
+    def run(*args, **kwargs):
+        with ExitStack() as created:
+            token = _JOB_LMS.set(created)
+            try:
+                return job(*args, **kwargs)
+            finally:
+                _JOB_LMS.reset(token)
+
+    return run
+
+
+def _owned(lm: dspy.LM) -> dspy.LM:
+    """``lm``, closed when the running job ends (if one runs; otherwise its builder closes it)."""
+    job = _JOB_LMS.get()
+    if job is not None:
+        job.callback(close_lm, lm)
+    return lm
+
 
 def create_lm(cfg: TaskConfig) -> dspy.LM:
     """The LM a task config describes (loads the model once for the in-process backend)."""
+    return _owned(_build_lm(cfg))
+
+
+def _build_lm(cfg: TaskConfig) -> dspy.LM:
     if cfg.backend.kind == "openai":
         from vlmopt.serving.openai_lm import create_openai_lm
         from vlmopt.serving.vllm_probabilities import create_vllm_lm
@@ -44,6 +82,32 @@ def create_lm(cfg: TaskConfig) -> dspy.LM:
     )
 
 
+def with_structured_generation(lm: dspy.LM, structured: bool) -> dspy.LM:
+    """``lm`` answering with structured generation on or off, on the weights it has already loaded.
+
+    The in-process engine states the setting to DSPy, so the other setting is a copy of the LM over
+    a view of the same engine (``TransformersEngine.with_structured``); a server LM has no such
+    switch (the program's adapter decides), so it is ``lm`` itself.
+    """
+    switch = getattr(lm.engine, "with_structured", None)
+    if switch is None:
+        return lm
+    engine = switch(structured)
+    return lm if engine is lm.engine else lm.copy(engine=engine)
+
+
+def close_lm(lm: dspy.LM) -> None:
+    """Release what an LM holds: DSPy's own connection pools and a custom engine (its worker, its client).
+
+    ``dspy.LM.close`` leaves custom engines alone (they are borrowed), so the one who built the
+    engine closes it, here.
+    """
+    lm.close()
+    close = None if isinstance(lm.engine, str) else getattr(lm.engine, "close", None)
+    if close is not None:
+        close()
+
+
 def create_prompt_lm(cfg: TaskConfig) -> tuple[dspy.LM | None, bool]:
     """(prompt LM, whether it sees images) for MIPROv2's instruction proposer.
 
@@ -62,14 +126,14 @@ def create_prompt_lm(cfg: TaskConfig) -> tuple[dspy.LM | None, bool]:
     if Path(name).is_dir():
         from vlmopt.serving.transformers_engine import create_lm as create_transformers_lm
 
-        return create_transformers_lm(name, device=cfg.model.device, max_new_tokens=512, seed=cfg.seed), True
+        return _owned(create_transformers_lm(name, device=cfg.model.device, max_new_tokens=512, seed=cfg.seed)), True
     import litellm
 
     try:
         sees_images = bool(litellm.supports_vision(model=name))
     except Exception:  # noqa: BLE001 - unknown to LiteLLM's model map: assume text-only
         sees_images = False
-    return dspy.LM(name, temperature=1.0, max_tokens=1024), sees_images
+    return _owned(dspy.LM(name, temperature=1.0, max_tokens=1024)), sees_images
 
 
 def model_calls(lm: dspy.LM) -> int | None:

@@ -10,7 +10,14 @@ loads any ``AutoModelForImageTextToText`` + ``AutoProcessor`` once and serves ev
 * **label probabilities** — a single-enum schema (the classifier) is answered by scoring every
   label: each prompt runs once, the labels' answers on top of its cache; the most likely label,
   with the distribution attached; see ``label_scoring``.
-* greedy by default, seeded sampling when ``temperature > 0``; token usage in every Response.
+* greedy by default, seeded sampling when ``temperature > 0``: each request draws from its own
+  generator (``sampling``), so its answer does not depend on what it was batched with; token
+  usage in every Response.
+
+Thread safety: callers' threads only prepare requests (chat template, grammar); the batch worker
+runs the model. The processor's fast tokenizer keeps its padding setting as state that every
+encode call rewrites, so every encode (the worker's, and ``count_prompt_tokens`` on any thread)
+takes one lock, else a count could switch padding off under a batch being padded.
 
 DSPy's cache keys on the model string, not the engine, so the model string names the exact
 weights (hub commit or directory hash), dtype and device: ``engine.model_string``.
@@ -55,6 +62,7 @@ from vlmopt.serving.families import GENERIC, scoring_inputs
 from vlmopt.serving.generic_check import check_generic_scoring
 from vlmopt.serving.grammar import GrammarCompiler, GrammarLogitsProcessor
 from vlmopt.serving.model_loading import load_model, locate_model
+from vlmopt.serving.sampling import RowSampler, sampling_warpers
 
 SCORE_ROWS_PER_PASS = 64
 """Most (request, label) rows per scoring pass (each row holds a copy of its prompt's cache); a
@@ -108,7 +116,7 @@ class _Job:
         """Jobs with equal keys run in one model call."""
         if self.classifier is not None:
             return ("score", bool(self.images))
-        sampling = (self.temperature, self.top_p, self.top_k, self.seed) if self.temperature > 0 else ()
+        sampling = (self.temperature, self.top_p, self.top_k) if self.temperature > 0 else ()  # seeds are per row
         return ("generate", bool(self.images), self.max_new_tokens, sampling, self.stop, self.logprobs is not None)
 
 
@@ -147,7 +155,8 @@ class TransformersEngine:
         self.max_new_tokens = max_new_tokens
         self.seed = seed
         self.structured = structured
-        self._candidates: dict[label_scoring.ClassifierField, label_scoring.Candidates] = {}
+        self._tokenizer_lock = threading.Lock()  # see the module docstring: padding is tokenizer state
+        self._candidates: dict[label_scoring.ClassifierField, label_scoring.Candidates] = {}  # worker only
         if self.family is GENERIC:
             check_generic_scoring(self)
         self._batcher = MicroBatcher(self._run_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
@@ -186,8 +195,22 @@ class TransformersEngine:
         return response_to_events(self.complete(request))
 
     def close(self) -> None:
-        """Stop the batch worker after the queued requests finish."""
+        """Stop the batch worker after the queued requests finish (every view shares it)."""
         self._batcher.close()
+
+    def with_structured(self, structured: bool) -> TransformersEngine:
+        """This engine with structured generation on or off: the same weights, worker and stats.
+
+        ``structured`` only decides what DSPy is told (``supports_response_schema``); the model and
+        the batch worker are shared, so an outer search that tries both settings loads the model once.
+        Closing either engine closes both.
+        """
+        if structured == self.structured:
+            return self
+        view = copy.copy(self)
+        view.structured = structured
+        view.settings = {**self.settings, "structured": structured}
+        return view
 
     def dump_state(self) -> dict:
         """JSON settings that rebuild this engine (``dspy.LM.save`` stores them)."""
@@ -210,7 +233,8 @@ class TransformersEngine:
     def count_prompt_tokens(self, request: Request) -> int:
         """Tokens the prompt of ``request`` takes (image tokens included), without running the model."""
         job = self._prepare(request)
-        return int(encode_prompts(self.processor, [job.prompt], [job.images])["input_ids"].shape[-1])
+        with self._tokenizer_lock:
+            return int(encode_prompts(self.processor, [job.prompt], [job.images])["input_ids"].shape[-1])
 
     # --- caller thread: everything that can fail for this request alone -----------------------
     def _prepare(self, request: Request) -> _Job:
@@ -251,7 +275,8 @@ class TransformersEngine:
         return results
 
     def _encode(self, prompts: list[str], images: list[list[Image.Image]]):
-        batch = encode_prompts(self.processor, prompts, images, padding=True)
+        with self._tokenizer_lock:
+            batch = encode_prompts(self.processor, prompts, images, padding=True)
         return batch.to(self.device, dtype=self.model.dtype)  # casts only the floating tensors (pixels)
 
     @torch.inference_mode()
@@ -261,24 +286,27 @@ class TransformersEngine:
         grammar = (GrammarLogitsProcessor([job.grammar for job in jobs], self.grammars.vocab_size)
                    if any(job.grammar is not None for job in jobs) else None)
         config = copy.deepcopy(self.model.generation_config)
-        config.update(max_new_tokens=first.max_new_tokens, do_sample=first.temperature > 0,
-                      pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_ids,
-                      return_dict_in_generate=True, output_scores=first.logprobs is not None)
-        if first.temperature > 0:
+        config.update(max_new_tokens=first.max_new_tokens, do_sample=False, pad_token_id=self.pad_token_id,
+                      eos_token_id=self.eos_token_ids, return_dict_in_generate=True,
+                      output_scores=first.logprobs is not None)
+        sampler = None
+        if first.temperature > 0:  # the sampler draws (last, after the grammar); generate keeps its pick
             config.update(temperature=first.temperature, top_p=first.top_p or 1.0, top_k=first.top_k)
-            torch.manual_seed(first.seed)
-        else:
-            config.update(temperature=None, top_p=None, top_k=None)
+            sampler = RowSampler(sampling_warpers(config, self.device), [job.seed for job in jobs],
+                                 keep_scores=first.logprobs is not None)
+        config.update(temperature=None, top_p=None, top_k=None)
+        processors = [processor for processor in (grammar, sampler) if processor is not None]
         extra = {"stop_strings": list(first.stop), "tokenizer": self.tokenizer} if first.stop else {}
         output = self.model.generate(**batch, generation_config=config,
-                                     logits_processor=LogitsProcessorList([grammar]) if grammar else None, **extra)
+                                     logits_processor=LogitsProcessorList(processors) if processors else None, **extra)
         self.stats.add(generate_calls=1)
+        scores = sampler.scores if sampler is not None else output.scores  # what each token was drawn from
         prompt_width = batch["input_ids"].shape[1]
-        return [self._row_result(job, row, output, grammar, prompt_tokens=int(batch["attention_mask"][row].sum()),
+        return [self._row_result(job, row, scores, grammar, prompt_tokens=int(batch["attention_mask"][row].sum()),
                                  new_tokens=output.sequences[row, prompt_width:].tolist())
                 for row, job in enumerate(jobs)]
 
-    def _row_result(self, job: _Job, row: int, output, grammar: GrammarLogitsProcessor | None, *,
+    def _row_result(self, job: _Job, row: int, scores, grammar: GrammarLogitsProcessor | None, *,
                     prompt_tokens: int, new_tokens: list[int]) -> _Result:
         """One row's text up to its end token (or stop string), with usage and finish reason."""
         ended = next((i for i, token in enumerate(new_tokens) if token in self.eos_token_ids), None)
@@ -288,7 +316,7 @@ class TransformersEngine:
         for stop in job.stop:
             if stop in text:
                 text, stopped = text[:text.index(stop)], True
-        logprobs = self._token_logprobs(output.scores, row, kept, job.logprobs) if job.logprobs is not None else None
+        logprobs = self._token_logprobs(scores, row, kept, job.logprobs) if job.logprobs is not None else None
         return _Result(parts=(TextPart(text),), prompt_tokens=prompt_tokens,
                        finish_reason="stop" if stopped or len(kept) < job.max_new_tokens else "length",
                        completion_tokens=len(kept) + (ended is not None), logprobs=logprobs)
@@ -343,8 +371,10 @@ class TransformersEngine:
         return results
 
     def _candidate_tokens(self, classifier: label_scoring.ClassifierField) -> label_scoring.Candidates:
+        """The labels' answer tokens, tokenized once per field (the worker is this memo's only user)."""
         if classifier not in self._candidates:
-            self._candidates[classifier] = label_scoring.candidate_tokens(self.tokenizer, classifier)
+            with self._tokenizer_lock:
+                self._candidates[classifier] = label_scoring.candidate_tokens(self.tokenizer, classifier)
         return self._candidates[classifier]
 
 

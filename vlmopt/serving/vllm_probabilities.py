@@ -16,6 +16,16 @@ How, per prediction:
    log-prob of every prompt token; the answer's label tokens (ids from the server's ``/tokenize``,
    checked against the prompt's last tokens) are summed. The requests go out together, so vLLM
    batches them.
+
+The scoring requests go through one ``openai.OpenAI`` client per engine (thread-safe, one
+connection pool, typed errors, its retries with backoff for connection errors, 408/409/429 and
+5xx), their failures mapped onto the lm15 errors DSPy knows (``TransportError`` / ``ServerError``
+are transient to DSPy, which then retries the whole call; ``ProviderError`` is not). They run on
+one executor per engine rather than a thread pool per prediction: its threads start once, and the
+engine's scoring requests in flight stay bounded (``SCORING_WORKERS``) whatever DSPy's
+``num_threads``. Not the async client: DSPy calls ``complete`` from plain threads, and an
+``AsyncOpenAI`` client's connections belong to the event loop it first ran on, so each call would
+need a loop and a client of its own.
 3. The Response carries the distribution the way the in-process engine's does: a ``DataPart`` with
    ``probabilities`` and one decision entry in ``logprobs`` (``label_scoring.decision_logprobs``),
    so ``programs.confidence.prediction_probabilities(pred)`` reads both backends alike.
@@ -51,12 +61,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import TypeVar
 
 import dspy
-import httpx
+import openai
 from dspy.lm15 import DataPart, Message, ProviderError, Request, Response, ServerError, TransportError
 
 from vlmopt._dspy_compat import openai_chat_messages, untracked
@@ -67,17 +79,23 @@ MODEL_PREFIX = f"{PROVIDER}+labels"
 """Model-string prefix of the LMs built here: DSPy's cache keys on the model string, and a cached
 answer without probabilities (plain ``create_openai_lm``) must not answer a call that wants them."""
 
+SCORING_WORKERS = 64
+"""Scoring requests one engine keeps in flight (a label's request each); vLLM batches them."""
+
+T = TypeVar("T")
+
 
 class ServerTokenizer:
     """``encode`` through the server's ``/tokenize``: the exact token ids the server will see."""
 
-    def __init__(self, client: httpx.Client, model: str):
+    def __init__(self, client: openai.OpenAI, model: str):
         self._client = client
         self._model = model
+        self._url = f"{str(client.base_url).rstrip('/').removesuffix('/v1')}/tokenize"  # vLLM serves it beside /v1
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         body = {"model": self._model, "prompt": text, "add_special_tokens": add_special_tokens}
-        return _post(self._client, "/tokenize", body)["tokens"]
+        return _call(self._url, lambda: self._client.post(self._url, cast_to=object, body=body))["tokens"]
 
 
 class LabelProbabilityEngine:
@@ -93,17 +111,22 @@ class LabelProbabilityEngine:
     supported_params = {"temperature", "max_tokens", "top_p", "seed", "stop", "logprobs", "top_logprobs",
                         "response_format"}
 
-    def __init__(self, base_url: str, model: str, *, api_key_env: str | None = None, timeout: float = 120.0):
-        self.settings = {"base_url": base_url, "model": model, "api_key_env": api_key_env, "timeout": timeout}
+    def __init__(self, base_url: str, model: str, *, api_key_env: str | None = None, timeout: float = 120.0,
+                 num_retries: int = 3):
+        self.settings = {"base_url": base_url, "model": model, "api_key_env": api_key_env, "timeout": timeout,
+                         "num_retries": num_retries}
         self.base_url = base_url.rstrip("/")
         self.model = model
-        # DSPy owns retries (the outer LM's num_retries), so the inner LM makes one attempt.
+        # DSPy owns the generation request's retries (the outer LM's num_retries): one attempt here.
         self._generate = create_openai_lm(base_url, model, api_key_env=api_key_env, timeout=timeout,
                                           num_retries=0, cache=False)
-        headers = {"Authorization": f"Bearer {os.environ[api_key_env]}"} if api_key_env else {}
-        self._client = httpx.Client(base_url=self.base_url.removesuffix("/v1"), timeout=timeout, headers=headers)
+        # A scoring request is retried alone (one label's request is cheaper than the whole call).
+        api_key = os.environ[api_key_env] if api_key_env else "EMPTY"  # never OPENAI_API_KEY: not for this server
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=timeout, max_retries=num_retries)
+        self._scoring = ThreadPoolExecutor(max_workers=SCORING_WORKERS, thread_name_prefix="vlmopt-label-scoring")
         self._tokenizer = ServerTokenizer(self._client, model)
         self._candidates: dict[label_scoring.ClassifierField, label_scoring.Candidates] = {}
+        self._candidates_lock = threading.Lock()  # DSPy's threads share the memo: tokenize each field once
 
     def complete(self, request: Request) -> Response:
         # The inner call is this engine's business: its usage and history belong to the outer LM.
@@ -121,24 +144,26 @@ class LabelProbabilityEngine:
         """label -> probability for this request's messages (one scoring request per label)."""
         candidates = self._candidate_tokens(field)
         messages = openai_chat_messages(request)
-        with ThreadPoolExecutor(max_workers=len(field.labels)) as pool:
-            scores = list(pool.map(lambda i: self._score(messages, field, candidates, i), range(len(field.labels))))
+        scores = list(self._scoring.map(lambda i: self._score(messages, field, candidates, i),
+                                        range(len(field.labels))))
         return label_scoring.distribution(field, scores)
 
     def _score(self, messages: list[dict], field: label_scoring.ClassifierField,
                candidates: label_scoring.Candidates, index: int) -> float:
         """Summed log-prob of label ``index``'s tokens after the shared answer prefix."""
         label = field.labels[index]
-        body = {
-            "model": self.model,
-            "messages": [*messages, {"role": "assistant", "content": field.answer_text(label)}],
-            "add_generation_prompt": False,
-            "continue_final_message": True,
-            "max_tokens": 1,
-            "temperature": 0.0,
-            "prompt_logprobs": 0,
-        }
-        prompt_logprobs = _post(self._client, "/v1/chat/completions", body)["prompt_logprobs"]
+        url = f"{self.base_url}/chat/completions"
+        completion = _call(url, lambda: self._client.chat.completions.create(
+            model=self.model,
+            messages=[*messages, {"role": "assistant", "content": field.answer_text(label)}],
+            max_tokens=1,
+            temperature=0.0,
+            extra_body={"add_generation_prompt": False, "continue_final_message": True, "prompt_logprobs": 0},
+        ))
+        prompt_logprobs = (completion.model_extra or {}).get("prompt_logprobs")
+        if prompt_logprobs is None:
+            raise ProviderError(f"{url}: the answer carries no prompt_logprobs; label probabilities need a vLLM "
+                                "server (or set backend.label_probabilities: false)", provider=PROVIDER)
         scored = candidates.tokens[index][candidates.shared:]
         tail = prompt_logprobs[-len(scored):]
         if any(entry is None or str(token) not in entry for token, entry in zip(scored, tail, strict=True)):
@@ -149,12 +174,16 @@ class LabelProbabilityEngine:
         return sum(entry[str(token)]["logprob"] for token, entry in zip(scored, tail, strict=True))
 
     def _candidate_tokens(self, field: label_scoring.ClassifierField) -> label_scoring.Candidates:
-        if field not in self._candidates:
-            self._candidates[field] = label_scoring.candidate_tokens(self._tokenizer, field)
-        return self._candidates[field]
+        with self._candidates_lock:
+            if field not in self._candidates:
+                self._candidates[field] = label_scoring.candidate_tokens(self._tokenizer, field)
+            return self._candidates[field]
 
     def close(self) -> None:
+        """Finish the scoring requests in flight, then release the executor, the client and the inner LM."""
+        self._scoring.shutdown()
         self._client.close()
+        self._generate.close()
 
     def dump_state(self) -> dict:
         """JSON settings that rebuild this engine (``dspy.LM.save`` stores them; never the key itself)."""
@@ -178,22 +207,19 @@ def _answer(response: Response, field: label_scoring.ClassifierField) -> str | N
     return value if value in field.labels else None
 
 
-def _post(client: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    """POST JSON; failures become lm15 errors naming the URL (DSPy retries the transient ones)."""
-    url = f"{client.base_url}{path}"
+def _call(url: str, request: Callable[[], T]) -> T:
+    """One client call (after its retries); openai's errors become lm15 errors naming the URL."""
     try:
-        response = client.post(path, json=body)
-    except httpx.TimeoutException as exc:
+        return request()
+    except openai.APITimeoutError as exc:
         raise TransportError(f"{url}: timed out ({exc})", provider=PROVIDER) from exc
-    except httpx.TransportError as exc:
-        raise TransportError(f"{url}: {type(exc).__name__}: {exc}", provider=PROVIDER) from exc
-    if response.status_code >= 500:
-        raise ServerError(f"{url}: HTTP {response.status_code}: {response.text[:500]}", provider=PROVIDER,
-                          status=response.status_code)
-    if response.status_code >= 400:
-        raise ProviderError(f"{url}: HTTP {response.status_code}: {response.text[:500]}", provider=PROVIDER,
-                            status=response.status_code)
-    return response.json()
+    except openai.APIConnectionError as exc:
+        cause = exc.__cause__ or exc
+        raise TransportError(f"{url}: {type(cause).__name__}: {cause}", provider=PROVIDER) from exc
+    except openai.APIStatusError as exc:
+        error = ServerError if exc.status_code >= 500 else ProviderError
+        raise error(f"{url}: HTTP {exc.status_code}: {exc.response.text[:500]}", provider=PROVIDER,
+                    status=exc.status_code) from exc
 
 
 def create_vllm_lm(
@@ -214,7 +240,7 @@ def create_vllm_lm(
     ``create_openai_lm``. An unset ``api_key_env`` fails as there: the engine builds its
     generating LM with it first.
     """
-    engine = LabelProbabilityEngine(base_url, model, api_key_env=api_key_env, timeout=timeout)
+    engine = LabelProbabilityEngine(base_url, model, api_key_env=api_key_env, timeout=timeout, num_retries=num_retries)
     return dspy.LM(f"{MODEL_PREFIX}/{model}", engine=engine, temperature=temperature, max_tokens=max_tokens,
                    num_retries=num_retries, logprobs=True, cache=cache)
 
