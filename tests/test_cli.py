@@ -82,7 +82,7 @@ def test_a_missing_model_directory_is_one_line_not_a_traceback(tmp_path, synthet
     result = invoke("evaluate", str(write_task(tmp_path, missing, synthetic_data.folder)))
     assert result.exit_code == 2 and "Traceback" not in result.output
     said = " ".join(result.output.split())  # rich wraps long lines at the runner's width
-    assert "no-such-model" in said and "neither a local directory nor a hub id" in said
+    assert "no-such-model" in said and "does not exist; give a local model directory or a hub id" in said
 
 
 def test_evaluate_writes_a_run_directory(tmp_path, tiny_idefics3_dir, synthetic_data):

@@ -18,3 +18,11 @@ def test_programs_and_artifacts_import_neither_torch_nor_transformers():
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_demo_package_and_synthetic_images_load_no_model_stack():
+    """``vlmopt.testing.images`` draws the demo's shapes; that must not drag in torch or the pipeline."""
+    code = ("import sys, vlmopt.demo, vlmopt.testing.images; "
+            "print(sorted(m for m in ('torch', 'transformers', 'vlmopt.pipeline') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

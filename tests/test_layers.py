@@ -1,7 +1,7 @@
 """The package's layers, checked from its import statements: each layer imports only those below it.
 
-DESIGN.md's flow is config -> datasets -> programs -> backends / metrics -> optimizers ->
-artifacts -> reports / predict, with the CLI on top. The rules below are the ones a refactor
+The flow (README, "Architecture") is config -> datasets -> metrics -> programs -> backends ->
+evaluate / optimizers -> artifacts -> reports / predict, with the CLI on top. The rules below are the ones a refactor
 most easily breaks; each names the modules it forbids, and the check reads the source with
 ``ast`` (module-level and function-level imports alike), so comments and strings cannot fool it.
 """

@@ -13,7 +13,7 @@ import dspy
 import pytest
 
 from study_task import GOOD, colour_of, make_colour_folder, study_config
-from vlmopt.artifacts import ArtifactError, canonical_sha256, load_artifact, read_verified
+from vlmopt.artifacts import ArtifactError, canonical_sha256, load_artifact, read_verified, save_artifact
 from vlmopt.evaluate import evaluate_program
 from vlmopt.pipeline import optimize_task
 from vlmopt.testing.scripted_engine import ScriptedEngine, scripted_lm
@@ -149,6 +149,30 @@ def test_tampered_truncated_wrong_version_and_other_labels_are_rejected(optimize
     mistyped.write_text(json.dumps(data_m))
     with pytest.raises(ArtifactError, match="section 'generation.adapter' is not what a vlmopt artifact holds"):
         load_artifact(mistyped)
+
+
+def test_a_first_format_1_artifact_still_loads(optimized, tmp_path):
+    """Files written before calibration and image preprocessing existed have neither key."""
+    _, outcome, _ = optimized
+    data = json.loads(outcome.artifact.read_text())
+    for newer in ("decision", "image_preprocessing"):
+        data.pop(newer)
+    data["format_version"] = 1
+    data["sha256"] = canonical_sha256(data)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    frozen = load_artifact(old)
+    assert frozen.artifact.decision is None and frozen.program.label_weights is None
+    assert frozen.artifact.content() == data  # nothing added, so the old hash keeps verifying
+
+
+def test_whole_number_weights_survive_the_round_trip(optimized, tmp_path):
+    """The hash is taken over the typed JSON, so pydantic's int -> float cannot break verification."""
+    cfg, outcome, _ = optimized
+    frozen = load_artifact(outcome.artifact)
+    frozen.program.label_weights = {label: 2 for label in frozen.labels}
+    path = save_artifact(frozen.program, cfg, frozen.labels, tmp_path / "weighted.json", metrics={}, provenance={})
+    assert load_artifact(path).program.label_weights == {label: 2.0 for label in frozen.labels}
 
 
 def test_the_typed_artifact_holds_the_file_exactly(optimized):

@@ -208,8 +208,10 @@ def test_offline_is_what_huggingface_hub_says_not_the_environment(monkeypatch):
 
 def test_a_missing_model_directory_is_named_not_blamed_on_the_hub(tmp_path):
     missing = str(tmp_path / "no-such-model")
-    with pytest.raises(ModelSourceError, match=f"{missing}.*neither a local directory nor a hub id"):
+    with pytest.raises(ModelSourceError, match=f"{missing}.*does not exist; give a local model directory"):
         locate_model(missing)
+    with pytest.raises(ModelSourceError, match="'not a hub id!' is neither a local directory nor a hub id"):
+        locate_model("not a hub id!")  # no path look, yet no valid hub id: huggingface_hub's validation says so
 
 
 def test_local_directory_takes_no_revision_and_dtypes_are_checked(tmp_path):
@@ -217,3 +219,31 @@ def test_local_directory_takes_no_revision_and_dtypes_are_checked(tmp_path):
         locate_model(str(tmp_path), revision="main")
     with pytest.raises(ValueError, match="unknown dtype"):
         resolve_dtype("float33", device=torch.device("cpu"))
+
+
+class _ClosableLM:
+    """Stands in for a dspy.LM in the ownership check: counts ``close`` calls (a hosted engine has none)."""
+
+    engine = "hosted-model"
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_job_closes_the_lms_built_for_it_and_no_others():
+    from vlmopt.serving.factory import closes_the_lms_it_creates, job_owned
+
+    mine, callers, outside = _ClosableLM(), _ClosableLM(), _ClosableLM()
+
+    @closes_the_lms_it_creates
+    def job(lm_from_a_callers_factory):
+        job_owned(mine)
+        return lm_from_a_callers_factory
+
+    assert job(callers) is callers
+    assert (mine.closed, callers.closed) == (1, 0)
+    job_owned(outside)  # no job running: nothing is registered, nothing closes later
+    assert outside.closed == 0

@@ -88,14 +88,17 @@ class Artifact(_Section):
     task: TaskSection
     model: ModelSection
     generation: GenerationSection
-    image_preprocessing: ImagePreprocessing
+    image_preprocessing: ImagePreprocessing | None = None  # absent from the first format-1 files
     program: dict[str, Any]
     prompt: PromptSection
-    decision: DecisionSection | None
+    decision: DecisionSection | None = None  # format 1: absent or null (the plain argmax)
     metrics: dict[str, Any]
     provenance: dict[str, Any]
     sha256: str
 
     def content(self) -> dict[str, Any]:
-        """The JSON content as written (schema keys by their file names), the hash's input included."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The JSON content as written (schema keys by their file names), the hash's input included.
+
+        Optional sections a file left out stay out, so an old file's hash still verifies.
+        """
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)

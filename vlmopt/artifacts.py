@@ -172,8 +172,9 @@ def build_artifact(
         "metrics": metrics,
         "provenance": provenance,
     }
-    content["sha256"] = canonical_sha256(content)
-    return Artifact.model_validate(content)
+    # hashed as written: the typed model's JSON (pydantic may normalise, e.g. an int weight to a float)
+    typed = Artifact.model_validate({**content, "sha256": ""}).content()
+    return Artifact.model_validate({**typed, "sha256": canonical_sha256(typed)})
 
 
 def save_artifact(program: Classify, cfg: TaskConfig, labels: list[str] | None, path: str | Path, **meta) -> Path:

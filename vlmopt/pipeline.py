@@ -31,7 +31,7 @@ from vlmopt.programs import create_program
 from vlmopt.reports.html import write_report
 from vlmopt.reports.plots import plot_confusion_matrix
 from vlmopt.reports.run_dir import METRICS, RunDir
-from vlmopt.serving.factory import closes_the_lms_it_creates, create_lm, model_calls
+from vlmopt.serving.factory import closes_the_lms_it_creates, create_lm, job_owned, model_calls
 
 SplitName = Literal["train", "val", "test", "all"]
 
@@ -51,7 +51,7 @@ def _start_run(cfg: TaskConfig, lm: dspy.LM | None) -> tuple[RunDir, LoadedSplit
     splits = load_splits(cfg)
     for skip in splits.skipped:
         run.append_failure(skip.id, "image", f"{skip.reason}: {skip.message}")
-    lm = lm or create_lm(cfg)
+    lm = lm or job_owned(create_lm(cfg))
     return run, splits, lm, model_calls(lm)
 
 

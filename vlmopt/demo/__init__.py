@@ -18,10 +18,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 from vlmopt.config import DatasetConfig, ModelConfig, OptimizerConfig, RunConfig, TaskConfig, TaskSpec
-from vlmopt.demo.micro_vlm import micro_vlm_dir
 from vlmopt.demo.shapes_task import LABELS, write_micro_task_dataset
-from vlmopt.pipeline import optimize_task
-from vlmopt.reports.comparison_table import comparison_table
 
 NOTICE = (
     "TOY MODEL on SYNTHETIC SHAPES: the micro-VLM was trained by this project on drawings of one\n"
@@ -39,6 +36,8 @@ CANDIDATES = [
 
 def offline_demo_config(workdir: Path) -> TaskConfig:
     """The micro task (which row holds the shape?) under ``workdir``, starting from a vague prompt."""
+    from vlmopt.demo.micro_vlm import micro_vlm_dir  # torch: imported by the job, not by the package
+
     data = write_micro_task_dataset(workdir / "data", attribute="row", n_per_class=20, seed=0)
     return TaskConfig(
         name="demo-offline",
@@ -57,6 +56,9 @@ def offline_demo_config(workdir: Path) -> TaskConfig:
 
 def run_offline_demo(workdir: str | Path, console: Console | None = None) -> Path:
     """Run the offline demo; return its run directory."""
+    from vlmopt.pipeline import optimize_task
+    from vlmopt.reports.comparison_table import comparison_table
+
     console = console or Console()
     console.print(Panel(NOTICE, title="vlmopt demo --offline", border_style="yellow"))
     cfg = offline_demo_config(Path(workdir))

@@ -130,7 +130,7 @@ connector, Llama text model) **trained from scratch by this project on synthetic
 tests and the offline demo only. It is not a vision model for real images and knows nothing
 beyond the task below.
 
-## Task (`vlmopt/testing/shapes_task.py`)
+## Task (`vlmopt/demo/shapes_task.py`)
 64x64 images with one small shape in a cell of a 3x3 grid. Two questions share the labels
 `"1" "2" "3"`: *which row from the top* (`row`) and *which column from the left* (`column`);
 the row never equals the column. Trained prompts are rendered exactly as the

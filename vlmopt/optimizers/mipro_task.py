@@ -27,7 +27,7 @@ from vlmopt.optimizers.context_budget import max_demos_that_fit
 from vlmopt.optimizers.mipro import MiproResult, run_mipro
 from vlmopt.optimizers.trial_program import demo_trainset
 from vlmopt.programs import Classify, create_program
-from vlmopt.serving.factory import create_prompt_lm
+from vlmopt.serving.factory import create_prompt_lm, job_owned
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,11 @@ class PromptModel:
 
     @classmethod
     def resolve(cls, cfg: TaskConfig, given: dspy.LM | None = None) -> PromptModel:
-        """The prompt model a caller passed (assumed to see images), else the config's."""
-        return cls(given, True) if given is not None else cls(*create_prompt_lm(cfg))
+        """The prompt model a caller passed (assumed to see images), else the config's (built for the job)."""
+        if given is not None:
+            return cls(given, True)
+        lm, sees_images = create_prompt_lm(cfg)
+        return cls(job_owned(lm) if lm is not None else None, sees_images)
 
 
 def mipro_on_task(cfg: TaskConfig, splits: LoadedSplits, lm: dspy.LM, prompt: PromptModel | None = None) -> MiproResult:

@@ -26,7 +26,7 @@ from vlmopt.optimizers.reanchor import Calibration
 from vlmopt.optimizers.study import LmFactory, run_search, shared_lm_factory
 from vlmopt.optimizers.trial_program import rebuild_trial
 from vlmopt.reports.run_dir import RunDir
-from vlmopt.serving.factory import create_lm
+from vlmopt.serving.factory import create_lm, job_owned
 
 
 @dataclass
@@ -50,7 +50,7 @@ def search_program(cfg: TaskConfig, splits: LoadedSplits, lm: dspy.LM, *, run: R
     if not cfg.optimizer.search_trials:
         result = mipro_on_task(cfg, splits, lm, PromptModel.resolve(cfg, prompt_lm))
         return Winner(cfg, splits, result.program, lm, result.history, result.instruction_candidates, result.notes)
-    factory = lm_factory or shared_lm_factory(lambda c: lm if same_engine(c, cfg) else create_lm(c))
+    factory = lm_factory or shared_lm_factory(lambda c: lm if same_engine(c, cfg) else job_owned(create_lm(c)))
     search = run_search(cfg, run=run, lm_factory=factory, prompt_lm=prompt_lm, splits=splits, console=console,
                         objectives=cfg.optimizer.search_objectives)
     best = rebuild_trial(cfg, search.best, search.best_splits())

@@ -3,8 +3,8 @@
 The record is a plain data contract (``vlmopt.metrics`` scores it without knowing DSPy); what a
 prediction carries besides its answer — the raw text, ``valid``, the normalisation flag, the
 measured label distribution — is this package's convention (see :mod:`vlmopt.programs.classify`),
-so turning one into the other lives here, beside that convention. The evaluator loop, ``predict``
-and the notebooks all build records through these functions.
+so turning one into the other lives here, beside that convention. The evaluator loop builds
+every record through :func:`prediction_record`; ``predict`` reads answers with :func:`answer_of`.
 
 Example::
 

@@ -22,9 +22,9 @@ def closes_the_lms_it_creates(job):
     """Decorates a job (evaluate, optimize): every LM built here while it runs is closed when it ends.
 
     An in-process engine holds the weights and a worker thread until closed. The job may build
-    LMs deep inside (a search trial's engine, a prompt model), so ownership follows the call, not
-    the return values: ``create_lm`` / ``create_prompt_lm`` register what they build with the
-    running job. An LM the caller passed in is the caller's, and stays open.
+    LMs deep inside (a search trial's engine, a prompt model), so the code that builds one for the
+    job hands it to :func:`job_owned`. An LM the caller passed in — or one a caller's own
+    ``lm_factory`` builds — is the caller's, and stays open.
     """
     @functools.wraps(job)
     def run(*args, **kwargs):
@@ -38,8 +38,8 @@ def closes_the_lms_it_creates(job):
     return run
 
 
-def _owned(lm: dspy.LM) -> dspy.LM:
-    """``lm``, closed when the running job ends (if one runs; otherwise its builder closes it)."""
+def job_owned(lm: dspy.LM) -> dspy.LM:
+    """``lm``, built for the running job: closed when the job ends (outside a job, nothing changes)."""
     job = _JOB_LMS.get()
     if job is not None:
         job.callback(close_lm, lm)
@@ -48,10 +48,6 @@ def _owned(lm: dspy.LM) -> dspy.LM:
 
 def create_lm(cfg: TaskConfig) -> dspy.LM:
     """The LM a task config describes (loads the model once for the in-process backend)."""
-    return _owned(_build_lm(cfg))
-
-
-def _build_lm(cfg: TaskConfig) -> dspy.LM:
     if cfg.backend.kind == "openai":
         from vlmopt.serving.openai_lm import create_openai_lm
         from vlmopt.serving.vllm_probabilities import create_vllm_lm
@@ -126,14 +122,14 @@ def create_prompt_lm(cfg: TaskConfig) -> tuple[dspy.LM | None, bool]:
     if Path(name).is_dir():
         from vlmopt.serving.transformers_engine import create_lm as create_transformers_lm
 
-        return _owned(create_transformers_lm(name, device=cfg.model.device, max_new_tokens=512, seed=cfg.seed)), True
+        return create_transformers_lm(name, device=cfg.model.device, max_new_tokens=512, seed=cfg.seed), True
     import litellm
 
     try:
         sees_images = bool(litellm.supports_vision(model=name))
     except Exception:  # noqa: BLE001 - unknown to LiteLLM's model map: assume text-only
         sees_images = False
-    return _owned(dspy.LM(name, temperature=1.0, max_tokens=1024)), sees_images
+    return dspy.LM(name, temperature=1.0, max_tokens=1024), sees_images
 
 
 def model_calls(lm: dspy.LM) -> int | None:
