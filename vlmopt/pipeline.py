@@ -183,15 +183,17 @@ def optimize_task(
     if uncalibrated is not None:  # the same test calls, replayed from the cache: only the decision differs
         argmax["test"] = evaluate_program(uncalibrated, winner.splits.test, description="argmax test", split=test,
                                           replays=optimized["test"], **won)
-    trainset = demo_trainset(splits.train, cfg.optimizer.demo_max_image_side)
-    metric = metric_for(cfg.task.output, fields=list(cfg.task.fields or {}) or None)
-    comparisons = {
-        name: evaluate_program(
-            compile_comparison(name, program, trainset, metric=metric, settings=cfg.optimizer, lm=lm),
-            splits.test, description=f"{name} test", split=test, **base,
-        )
-        for name in cfg.optimizer.compare
-    }
+    comparisons: dict[str, EvalOutcome] = {}
+    if cfg.optimizer.compare:  # the search downscaled its own demo pool; only comparisons need another
+        trainset = demo_trainset(splits.train, cfg.optimizer.demo_max_image_side)
+        metric = metric_for(cfg.task.output, fields=list(cfg.task.fields or {}) or None)
+        comparisons = {
+            name: evaluate_program(
+                compile_comparison(name, program, trainset, metric=metric, settings=cfg.optimizer, lm=lm),
+                splits.test, description=f"{name} test", split=test, **base,
+            )
+            for name in cfg.optimizer.compare
+        }
     run.write_json("baseline_metrics.json", baseline["test"].metrics)
     for name, outcome in comparisons.items():
         run.write_json(f"{name}_metrics.json", outcome.metrics)
