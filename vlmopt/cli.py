@@ -37,19 +37,34 @@ def _quiet_libraries(
         bool, typer.Option("--verbose", "-v", help="Show the libraries' own logs and progress bars.")
     ] = False,
 ) -> None:
-    """vlmopt draws its own progress bars; the libraries' logs and bars would interleave with them."""
+    """vlmopt draws its own progress bars; the libraries' logs and bars would interleave with them.
+
+    Set through the environment variables the libraries read when they are imported, so that a
+    command that never loads them (``--help``, ``config validate``) does not pay for importing them.
+    """
     if verbose:
         return
     import logging
-
-    import datasets
-    import transformers
+    import os
+    import sys
 
     for name in ("dspy", "datasets", "httpx", "LiteLLM", "optuna"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    datasets.disable_progress_bars()
-    transformers.logging.disable_progress_bar()
-    transformers.logging.set_verbosity_error()
+    for variable, value in QUIET_LIBRARIES.items():
+        os.environ.setdefault(variable, value)
+    if "datasets" in sys.modules:  # imported before the command ran (a notebook, a test): the variables came too late
+        sys.modules["datasets"].disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].logging.disable_progress_bar()
+        sys.modules["transformers"].logging.set_verbosity_error()
+
+
+QUIET_LIBRARIES = {
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # datasets' map/filter bars
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # downloads, and transformers' own bars (it defers to the hub's switch)
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+"""What ``_quiet_libraries`` sets unless ``--verbose`` (a variable the user set is kept)."""
 
 ConfigArg = Annotated[Path, typer.Argument(help="Task config YAML (native or flat shape).", show_default=False)]
 ServerUrlOpt = Annotated[
