@@ -85,7 +85,13 @@ class ModelFamily:
     requires: tuple[str, ...] = ()  # extra Python packages its processor imports
     default_chat_template: str | None = None  # for checkpoints that ship no chat template
     template_kwargs: tuple[tuple[str, object], ...] = ()  # switches the chat template is rendered with
+    prefix_reuse_off: str = ""  # why a program's shared prefix cannot be run once for all queries, if it cannot
     notes: str = ""
+
+    @property
+    def prefix_reuse(self) -> bool:
+        """Whether the in-process engine runs a shared prompt prefix once (``serving.prefix_cache``)."""
+        return not self.prefix_reuse_off
 
 
 # PaliGemma is a prefix-LM, not a chat model: it reads "<image>...<image><bos>prefix\n", then writes the answer
@@ -172,6 +178,8 @@ FAMILIES: tuple[ModelFamily, ...] = (
             ("demos", "vLLM takes one image per PaliGemma prompt"))),
         drop_inputs=("labels",), token_types="prefix",  # PaliGemmaProcessor always returns labels and token types
         default_chat_template=PALIGEMMA_CHAT_TEMPLATE,
+        prefix_reuse_off="a prefix-LM: the whole prompt (images first, query's included) attends bidirectionally, "
+        "so no part of it is the same for every query",
         notes="prefix-LM checkpoints (not chat models); no chat template on the hub",
     ),
     ModelFamily(
@@ -245,28 +253,25 @@ def scoring_inputs(family: ModelFamily, batch) -> dict[str, torch.Tensor]:
     return {key: value for key, value in batch.items() if key not in dropped}
 
 
-def answer_position_ids(family: ModelFamily, model, prompt_inputs, full_mask: torch.Tensor, width: int,
-                        owner: torch.Tensor) -> torch.Tensor | None:
+def answer_position_ids(family: ModelFamily, full_mask: torch.Tensor, width: int, owner: torch.Tensor,
+                        rope_deltas: torch.Tensor | None) -> torch.Tensor | None:
     """Position ids of ``width`` answer tokens appended to cached prompts; None: the model's default.
 
     ``full_mask`` is the prompt mask (rows repeated per answer: ``owner``) followed by the answers'
     mask. Sequential families need nothing: without position ids the model continues from the
     cache length, as in one unsplit forward over the padded prompt. M-RoPE families continue from
-    each prompt's own largest position: text positions (padding skipped) plus the ``rope_deltas``
-    the model stored during the prompt pass — what transformers' Qwen-VL models do between decoding
-    steps (``compute_3d_position_ids``), for every answer row at once. A batch without images
-    (no ``image_grid_thw`` / ``video_grid_thw`` in ``prompt_inputs``) leaves the stored deltas of an
-    earlier batch in place, unused by its prompt pass, which numbered the padded width 0 .. P-1; its
-    answers continue from P, explicitly, since the model would add those stale deltas.
+    each prompt's own largest position: text positions (padding skipped) plus the prompt's
+    ``rope_deltas`` (what the model stores after a prompt pass with images, one per prompt row) —
+    what transformers' Qwen-VL models do between decoding steps, for every answer row at once.
+    Prompts without images (``rope_deltas`` None) were numbered over the padded width 0 .. P-1, so
+    their answers continue from P, explicitly, since the model would add the deltas an earlier batch
+    left behind.
     """
     if family.positions == "sequential":
         return None
-    if all(prompt_inputs.get(key) is None for key in ("image_grid_thw", "video_grid_thw")):
+    if rope_deltas is None:
         start = full_mask.shape[1] - width
         steps = torch.arange(start, start + width, device=full_mask.device)
         return steps.view(1, 1, -1).expand(3, full_mask.shape[0], -1)
-    deltas = getattr(getattr(model, "model", model), "rope_deltas", None)
-    if deltas is None:
-        raise UnsupportedModelError(f"{family.name}: the prompt pass left no rope_deltas to continue from")
     text = (full_mask.long().cumsum(-1) - 1).masked_fill(full_mask == 0, 0)[:, -width:]
-    return text.unsqueeze(0).repeat(3, 1, 1) + deltas.index_select(0, owner).to(text.device).unsqueeze(0)
+    return text.unsqueeze(0).repeat(3, 1, 1) + rope_deltas.index_select(0, owner).to(text.device).unsqueeze(0)

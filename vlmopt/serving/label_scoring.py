@@ -101,20 +101,33 @@ def score_candidates(model, prompt_inputs: Mapping[str, torch.Tensor], candidate
 
     ``prompt_inputs`` is the processor's left-padded batch, one row per request (input ids,
     attention mask, pixel values ...). The prompts go through the model once, images and all,
-    keeping the cache; the cache is then repeated per label (``Cache.reorder_cache``: attention
-    keys/values and LFM2's conv states alike) and all labels' answers, right-padded, run as one
-    short continuation. 3 labels cost one prefill plus a few answer tokens, not 3 prefills.
-    Positions continue as they would in one unsplit forward: from the padded prompt width, or, for
-    M-RoPE families, from each prompt's own positions (``families.answer_position_ids``).
+    keeping the cache; :func:`score_on_cache` scores the labels on top of it.
     """
     prompt_inputs = dict(prompt_inputs)
-    prompt_mask = prompt_inputs["attention_mask"]
-    device = prompt_mask.device
     prefill = model(**prompt_inputs, use_cache=True, logits_to_keep=1)
-    first = prefill.logits[:, -1, :].float().log_softmax(-1)  # predicts each answer's first token
+    has_images = any(prompt_inputs.get(key) is not None for key in ("image_grid_thw", "video_grid_thw"))
+    deltas = getattr(getattr(model, "model", model), "rope_deltas", None) if has_images else None
+    return score_on_cache(model, prefill.logits[:, -1, :], prefill.cache, prompt_inputs["attention_mask"], candidates,
+                          pad_token_id=pad_token_id, family=family, rope_deltas=deltas)
+
+
+@torch.inference_mode()
+def score_on_cache(model, last_logits: torch.Tensor, cache, prompt_mask: torch.Tensor,
+                   candidates: Sequence[Candidates], *, pad_token_id: int, family: ModelFamily = GENERIC,
+                   rope_deltas: torch.Tensor | None = None) -> list[list[float]]:
+    """Score every label's answer on top of prompts already in ``cache`` (one row per prompt).
+
+    ``last_logits`` are each prompt's last logits (they predict every answer's first token). The
+    cache is repeated per label (``Cache.reorder_cache``: attention keys/values and LFM2's conv
+    states alike) and all labels' answers, right-padded, run as one short continuation: 3 labels
+    cost one prefill plus a few answer tokens, not 3 prefills. Positions continue as they would in
+    one unsplit forward (``families.answer_position_ids``; ``rope_deltas``: the M-RoPE offsets of
+    prompts with images, None for text-only prompts).
+    """
+    device = prompt_mask.device
+    first = last_logits.float().log_softmax(-1)
     rows = [(request, tokens) for request, cands in enumerate(candidates) for tokens in cands.tokens]
     owner = torch.tensor([request for request, _ in rows], device=device)
-    cache = prefill.cache
     cache.reorder_cache(owner)  # row r of the answers continues request owner[r]
     width = max(len(tokens) for _, tokens in rows)
     answer_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
@@ -124,7 +137,7 @@ def score_candidates(model, prompt_inputs: Mapping[str, torch.Tensor], candidate
         answer_mask[row, :len(tokens)] = 1
     answer_ids = answer_ids.to(device)
     full_mask = torch.cat([prompt_mask.index_select(0, owner), answer_mask.to(device)], dim=1)
-    positions = answer_position_ids(family, model, prompt_inputs, full_mask, width, owner)
+    positions = answer_position_ids(family, full_mask, width, owner, rope_deltas)
     output = model(input_ids=answer_ids, cache=cache, use_cache=True, attention_mask=full_mask,
                    **({"position_ids": positions} if positions is not None else {}))
     # answer token 0 is predicted by its prompt's last logits, token t > 0 by answer position t - 1

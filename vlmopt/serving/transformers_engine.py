@@ -10,6 +10,9 @@ loads any ``AutoModelForImageTextToText`` + ``AutoProcessor`` once and serves ev
 * **label probabilities** — a single-enum schema (the classifier) is answered by scoring every
   label: each prompt runs once, the labels' answers on top of its cache; the most likely label,
   with the distribution attached; see ``label_scoring``.
+* **shared-prefix reuse** — what every query of a program shares (system, instruction, demos and
+  their images) runs once and stays cached (an LRU under ``prefix_cache_mb``); each query runs on
+  top of a copy; see ``prefix_cache``.
 * greedy by default, seeded sampling when ``temperature > 0``: each request draws from its own
   generator (``sampling``), so its answer does not depend on what it was batched with; token
   usage in every Response.
@@ -62,6 +65,16 @@ from vlmopt.serving.families import GENERIC, scoring_inputs
 from vlmopt.serving.generic_check import check_generic_scoring
 from vlmopt.serving.grammar import GrammarCompiler, GrammarLogitsProcessor
 from vlmopt.serving.model_loading import load_model, locate_model
+from vlmopt.serving.prefix_cache import (
+    DEFAULT_BUDGET_MB,
+    PrefixCache,
+    PrefixEntry,
+    PromptSplit,
+    prefill_on_prefix,
+    run_prefix,
+    special_token_strings,
+    split_prompt,
+)
 from vlmopt.serving.sampling import RowSampler, sampling_warpers
 
 SCORE_ROWS_PER_PASS = 64
@@ -111,6 +124,7 @@ class _Job:
     logprobs: int | None
     grammar: Any = None  # xgrammar CompiledGrammar for a response_format, else None
     classifier: label_scoring.ClassifierField | None = None
+    split: PromptSplit | None = None  # where the prompt's shared prefix ends, when reuse is on and it splits
 
     def group(self) -> tuple:
         """Jobs with equal keys run in one model call."""
@@ -137,10 +151,11 @@ class TransformersEngine:
 
     def __init__(self, model: str, *, revision: str | None = None, dtype: str = "auto", device: str = "auto",
                  max_new_tokens: int = 256, max_batch_size: int = 8, max_wait_ms: float = 10.0, seed: int = 0,
-                 structured: bool = True):
+                 structured: bool = True, prefix_cache_mb: int = DEFAULT_BUDGET_MB):
         self.settings = {"model": model, "revision": revision, "dtype": dtype, "device": device,
                          "max_new_tokens": max_new_tokens, "max_batch_size": max_batch_size,
-                         "max_wait_ms": max_wait_ms, "seed": seed, "structured": structured}
+                         "max_wait_ms": max_wait_ms, "seed": seed, "structured": structured,
+                         "prefix_cache_mb": prefix_cache_mb}
         self.source = locate_model(model, revision)
         self.model, self.processor, self.device, self.family = load_model(self.source, dtype=dtype, device=device)
         self.tokenizer = self.processor.tokenizer
@@ -157,6 +172,9 @@ class TransformersEngine:
         self.structured = structured
         self._tokenizer_lock = threading.Lock()  # see the module docstring: padding is tokenizer state
         self._candidates: dict[label_scoring.ClassifierField, label_scoring.Candidates] = {}  # worker only
+        reuse = prefix_cache_mb > 0 and self.family.prefix_reuse
+        self.prefixes = PrefixCache(prefix_cache_mb * 2**20) if reuse else None  # worker only
+        self._special_tokens = special_token_strings(self.tokenizer) if reuse else ()
         if self.family is GENERIC:
             check_generic_scoring(self)
         self._batcher = MicroBatcher(self._run_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
@@ -250,6 +268,10 @@ class TransformersEngine:
         job = _Job(prompt=prompt, images=chat.images, max_new_tokens=config.max_tokens or self.max_new_tokens,
                    temperature=config.temperature or 0.0, top_p=config.top_p, top_k=config.top_k,
                    seed=self.seed if config.seed is None else config.seed, stop=config.stop, logprobs=config.logprobs)
+        if self.prefixes is not None:
+            with self._tokenizer_lock:
+                job.split = split_prompt(self.processor, chat, prompt, self._special_tokens,
+                                         **dict(self.family.template_kwargs))
         if config.response_format is not None:
             job.classifier = label_scoring.classifier_field(config.response_format)
             if job.classifier is None:
@@ -279,10 +301,82 @@ class TransformersEngine:
             batch = encode_prompts(self.processor, prompts, images, padding=True)
         return batch.to(self.device, dtype=self.model.dtype)  # casts only the floating tensors (pixels)
 
+    def _plan(self, jobs: list[_Job]) -> tuple[list[int], list[tuple[PrefixEntry, list[int], dict]]]:
+        """Which jobs run whole (indices), and which run on a cached prefix: (entry, indices, suffix batch).
+
+        Jobs on one prefix whose suffixes have equal shapes form one unpadded batch (see
+        ``prefix_cache``); a prefix that fails its whole-prompt check sends its jobs to the whole path.
+        """
+        whole = [index for index, job in enumerate(jobs) if job.split is None]
+        by_prefix: dict[tuple, list[int]] = {}
+        for index, job in enumerate(jobs):
+            if job.split is not None:
+                by_prefix.setdefault(job.split.key, []).append(index)
+        runs = []
+        for key, indices in by_prefix.items():
+            entry = self.prefixes.get(key)
+            built = entry is None
+            if built:
+                entry = run_prefix(self.model, self.processor, self.family, jobs[indices[0]].split,
+                                   device=self.device, dtype=self.model.dtype)
+                self.prefixes.put(key, entry)
+            first = self._encode_suffix(jobs[indices[0]].split) if entry.usable else None
+            if not entry.verified:
+                self._verify(entry, jobs[indices[0]], first)
+            if not entry.usable:
+                self.prefixes.stats.add(refused=len(indices))
+                whole += indices
+                continue
+            self.prefixes.stats.add(misses=int(built), hits=len(indices) - built,
+                                    tokens_reused=entry.length * (len(indices) - built))
+            suffixes = [first, *(self._encode_suffix(jobs[index].split) for index in indices[1:])]
+            shapes: dict[tuple, list[int]] = {}
+            for position, suffix in enumerate(suffixes):
+                shapes.setdefault(tuple((name, tuple(value.shape[1:])) for name, value in suffix.items()),
+                                  []).append(position)
+            for same_shape in shapes.values():
+                for chunk in self._score_chunks(jobs, [indices[p] for p in same_shape]):
+                    chunk_suffixes = [suffixes[indices.index(index)] for index in chunk]
+                    batch = {name: torch.cat([suffix[name] for suffix in chunk_suffixes]) for name in chunk_suffixes[0]}
+                    runs.append((entry, chunk, batch))
+        return sorted(whole), runs
+
+    def _encode_suffix(self, split: PromptSplit) -> dict[str, torch.Tensor]:
+        with self._tokenizer_lock:
+            batch = encode_prompts(self.processor, [split.suffix], [list(split.suffix_images)])
+        return {name: value.to(self.device) for name, value in batch.items()}
+
+    def _verify(self, entry: PrefixEntry, job: _Job, suffix: dict[str, torch.Tensor]) -> None:
+        """Once per prefix: prefix + suffix ids must be the whole prompt's, else the prefix is not used."""
+        with self._tokenizer_lock:
+            ids = encode_prompts(self.processor, [job.prompt], [job.images])["input_ids"][0].tolist()
+        entry.verified = True
+        if ids != entry.inputs["input_ids"][0].tolist() + suffix["input_ids"][0].tolist():
+            entry.usable, entry.cache, entry.inputs, entry.nbytes = False, None, {}, 0
+
     @torch.inference_mode()
     def _generate(self, jobs: list[_Job]) -> list[_Result]:
+        results: list[_Result | None] = [None] * len(jobs)
+        whole, runs = self._plan(jobs) if self.prefixes is not None else (list(range(len(jobs))), [])
+        if whole:
+            batch = self._encode([jobs[i].prompt for i in whole], [jobs[i].images for i in whole])
+            self._place(results, whole, self._generate_from([jobs[i] for i in whole], dict(batch)))
+        for entry, indices, suffix in runs:
+            prefilled = prefill_on_prefix(self.model, self.family, entry, suffix, dtype=self.model.dtype,
+                                          keep_last=True)
+            inputs = {"input_ids": prefilled.input_ids, "cache": prefilled.cache,
+                      "attention_mask": torch.ones_like(prefilled.input_ids)}
+            self._place(results, indices, self._generate_from([jobs[i] for i in indices], inputs))
+        return results
+
+    @staticmethod
+    def _place(results: list, indices: list[int], values: list) -> None:
+        for index, value in zip(indices, values, strict=True):
+            results[index] = value
+
+    def _generate_from(self, jobs: list[_Job], inputs: dict) -> list[_Result]:
+        """``generate`` for jobs of one group from their model inputs (a processor batch, or ids on a cache)."""
         first = jobs[0]
-        batch = self._encode([job.prompt for job in jobs], [job.images for job in jobs])
         grammar = (GrammarLogitsProcessor([job.grammar for job in jobs], self.grammars.vocab_size)
                    if any(job.grammar is not None for job in jobs) else None)
         config = copy.deepcopy(self.model.generation_config)
@@ -297,12 +391,12 @@ class TransformersEngine:
         config.update(temperature=None, top_p=None, top_k=None)
         processors = [processor for processor in (grammar, sampler) if processor is not None]
         extra = {"stop_strings": list(first.stop), "tokenizer": self.tokenizer} if first.stop else {}
-        output = self.model.generate(**batch, generation_config=config,
+        output = self.model.generate(**inputs, generation_config=config,
                                      logits_processor=LogitsProcessorList(processors) if processors else None, **extra)
         self.stats.add(generate_calls=1)
         scores = sampler.scores if sampler is not None else output.scores  # what each token was drawn from
-        prompt_width = batch["input_ids"].shape[1]
-        return [self._row_result(job, row, scores, grammar, prompt_tokens=int(batch["attention_mask"][row].sum()),
+        prompt_width = inputs["input_ids"].shape[1]
+        return [self._row_result(job, row, scores, grammar, prompt_tokens=int(inputs["attention_mask"][row].sum()),
                                  new_tokens=output.sequences[row, prompt_width:].tolist())
                 for row, job in enumerate(jobs)]
 
@@ -340,23 +434,43 @@ class TransformersEngine:
 
     @torch.inference_mode()
     def _score(self, jobs: list[_Job]) -> list[_Result]:
-        results, chunk, rows = [], [], 0
-        for job in jobs:
-            labels = len(job.classifier.labels)
-            if chunk and rows + labels > SCORE_ROWS_PER_PASS:
-                results += self._score_pass(chunk)
-                chunk, rows = [], 0
-            chunk.append(job)
-            rows += labels
-        return results + self._score_pass(chunk)
+        results: list[_Result | None] = [None] * len(jobs)
+        whole, runs = self._plan(jobs) if self.prefixes is not None else (list(range(len(jobs))), [])
+        for chunk in self._score_chunks(jobs, whole):
+            batch = self._encode([jobs[i].prompt for i in chunk], [jobs[i].images for i in chunk])
+            candidates = [self._candidate_tokens(jobs[i].classifier) for i in chunk]
+            scores = label_scoring.score_candidates(self.model, scoring_inputs(self.family, batch), candidates,
+                                                    pad_token_id=self.pad_token_id, family=self.family)
+            lengths = batch["attention_mask"].sum(dim=1).tolist()
+            self._place(results, chunk, self._score_results([jobs[i] for i in chunk], lengths, candidates, scores))
+        for entry, indices, suffix in runs:
+            prefilled = prefill_on_prefix(self.model, self.family, entry, suffix, dtype=self.model.dtype)
+            candidates = [self._candidate_tokens(jobs[i].classifier) for i in indices]
+            scores = label_scoring.score_on_cache(self.model, prefilled.last_logits, prefilled.cache,
+                                                  torch.ones_like(prefilled.input_ids), candidates,
+                                                  pad_token_id=self.pad_token_id, family=self.family,
+                                                  rope_deltas=prefilled.rope_deltas)
+            lengths = [prefilled.input_ids.shape[1]] * len(indices)
+            self._place(results, indices, self._score_results([jobs[i] for i in indices], lengths, candidates, scores))
+        return results
 
-    def _score_pass(self, jobs: list[_Job]) -> list[_Result]:
-        candidates = [self._candidate_tokens(job.classifier) for job in jobs]
-        batch = self._encode([job.prompt for job in jobs], [job.images for job in jobs])
-        prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
-        inputs = scoring_inputs(self.family, batch)
-        scores = label_scoring.score_candidates(self.model, inputs, candidates, pad_token_id=self.pad_token_id,
-                                                family=self.family)
+    @staticmethod
+    def _score_chunks(jobs: list[_Job], indices: list[int]) -> list[list[int]]:
+        """``indices`` in passes of at most SCORE_ROWS_PER_PASS rows: (request, label) rows when scoring (a
+        request's labels stay together), one row per generating request."""
+        chunks, chunk, rows = [], [], 0
+        for index in indices:
+            labels = len(jobs[index].classifier.labels) if jobs[index].classifier is not None else 1
+            if chunk and rows + labels > SCORE_ROWS_PER_PASS:
+                chunks.append(chunk)
+                chunk, rows = [], 0
+            chunk.append(index)
+            rows += labels
+        return [*chunks, chunk] if chunk else chunks
+
+    def _score_results(self, jobs: list[_Job], prompt_lengths: list[int], candidates: list,
+                       scores: list) -> list[_Result]:
+        """One scoring pass's answers: the chosen label, its distribution, usage."""
         self.stats.add(score_calls=1)
         results = []
         for job, prompt_length, cands, job_scores in zip(jobs, prompt_lengths, candidates, scores, strict=True):
@@ -366,7 +480,7 @@ class TransformersEngine:
             chosen = cands.tokens[field.labels.index(label)]
             logprobs = label_scoring.decision_logprobs(label, probabilities) if job.logprobs is not None else None
             results.append(_Result(parts=(label_scoring.answer_part(field, label, probabilities),),
-                                   finish_reason="stop", prompt_tokens=prompt_length,
+                                   finish_reason="stop", prompt_tokens=int(prompt_length),
                                    completion_tokens=len(chosen), logprobs=logprobs))
         return results
 
@@ -396,14 +510,16 @@ def _choose(labels: tuple[str, ...], scores: list[float], temperature: float, se
 
 def create_lm(model: str, *, revision: str | None = None, dtype: str = "auto", device: str = "auto",
               max_new_tokens: int = 256, max_batch_size: int = 8, max_wait_ms: float = 10.0, seed: int = 0,
-              structured: bool = True, cache: bool = True, **lm_kwargs) -> dspy.LM:
+              structured: bool = True, prefix_cache_mb: int = DEFAULT_BUDGET_MB, cache: bool = True,
+              **lm_kwargs) -> dspy.LM:
     """A ``dspy.LM`` served in-process by a :class:`TransformersEngine` (greedy, log-probs on).
 
-    ``structured=False`` hides the schema from DSPy (free-text answers, parsed by the adapter).
+    ``structured=False`` hides the schema from DSPy (free-text answers, parsed by the adapter);
+    ``prefix_cache_mb=0`` turns shared-prefix reuse off (the same answers, each prompt run whole).
     Generation settings go into the LM's request config, so DSPy's cache keys on them too.
     """
     engine = TransformersEngine(model, revision=revision, dtype=dtype, device=device, max_new_tokens=max_new_tokens,
                                 max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, seed=seed,
-                                structured=structured)
+                                structured=structured, prefix_cache_mb=prefix_cache_mb)
     settings = {"temperature": 0.0, "max_tokens": max_new_tokens, "seed": seed, "logprobs": True, **lm_kwargs}
     return dspy.LM(engine.model_string, engine=engine, cache=cache, **settings)
