@@ -10,6 +10,7 @@ gets its own answer, and the label distribution equals a direct, unbatched compu
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import math
@@ -33,6 +34,7 @@ from vlmopt.serving.chat_inputs import chat_input_from_request, encode_prompts
 from vlmopt.serving.families import scoring_inputs
 from vlmopt.serving.label_scoring import ClassifierField, candidate_tokens, response_probabilities, score_candidates
 from vlmopt.serving.model_loading import HubUnreachableError
+from vlmopt.serving.prefix_cache import PrefixCache
 from vlmopt.serving.transformers_engine import TransformersEngine, create_lm
 
 ANIMALS = ("cat", "dog", "bird")
@@ -393,3 +395,132 @@ def test_unreachable_hub_id_fails_fast_with_a_way_out(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(HubUnreachableError, match=r"unreachable.*model\.id"):
         create_lm("LiquidAI/LFM2-VL-450M")
+
+
+# --- shared-prefix reuse (serving.prefix_cache): the same answers as whole prompts, on every family ---------
+
+SPLITS_REFUSED_WITH_IMAGE_DEMOS = {"llava_onevision"}
+"""Families whose processor expands an image differently when other images share the prompt
+(LLaVA-OneVision: base view only): their few-shot prefixes fail the whole-prompt check and run whole."""
+
+
+def _requests(lm: dspy.LM, signature, demos: list[dspy.Example], queries: list[dspy.Image]) -> list[Request]:
+    """The requests DSPy hands the engine for a program with ``demos``, one per query image (recorded
+    at ``engine.complete``: messages and settings, response_format included)."""
+    program = dspy.Predict(signature)
+    program.demos = demos
+    engine, requests = lm.engine, []
+    complete = engine.complete
+
+    def record(request: Request):
+        requests.append(request)
+        return complete(request)
+
+    engine.complete = record
+    try:
+        with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+            for query in queries:
+                program(image=query)
+    finally:
+        del engine.complete
+    return requests
+
+
+def _answers(engine, requests: list[Request], *, reuse: bool) -> list[tuple]:
+    """Run the requests as one batch on the worker's code path, with their prompts split or whole."""
+    jobs = [engine._prepare(request) for request in requests]
+    for job in jobs:
+        assert job.split is not None or not engine.family.prefix_reuse  # every family that reuses splits these
+        job.split = job.split if reuse else None
+    answers = []
+    for job, result in zip(jobs, engine._run_batch(jobs), strict=True):
+        part = result.parts[0]
+        if job.classifier is not None:
+            answers.append((part.value, part.probabilities))
+        else:
+            assert job.grammar is not None  # multi-field: a grammar-constrained generation
+            answers.append((part.text, None))
+    return answers
+
+
+def _sized(color: str, size: tuple[int, int]) -> dspy.Image:
+    return dspy.Image("data:image/png;base64," + base64.b64encode(png(color, size)).decode())
+
+
+def test_prefix_reuse_answers_as_whole_prompts_do(lm):
+    """Labels and probabilities (1e-4) of few-shot and zero-shot classifiers, and generated multi-field
+    answers, are the same with the shared prefix run once as with every prompt run whole; queries of
+    two image sizes exercise the batching by suffix shape."""
+    engine = lm.engine
+    demos = [dspy.Example(image=_sized(color, size), label=label).with_inputs("image")
+             for color, size, label in (("red", (40, 40), "cat"), ("blue", (30, 60), "dog"))]
+    queries = [_sized("green", (48, 40)), _sized("yellow", (48, 40)), _sized("white", (64, 20))]
+    field_demo = [dspy.Example(image=_sized("red", (48, 40)), animal="cat", color="red",
+                               scene=Scene(place="indoor", count=1)).with_inputs("image")]
+    requests = (_requests(lm, Single, demos, queries) + _requests(lm, Single, [], queries[:2])
+                + _requests(lm, Fields, field_demo, queries[:2]))
+    before = copy.copy(engine.prefixes.stats) if engine.prefixes is not None else None
+    reused, whole = _answers(engine, requests, reuse=True), _answers(engine, requests, reuse=False)
+    for (value, probabilities), (want_value, want_probabilities) in zip(reused, whole, strict=True):
+        assert value == want_value
+        if want_probabilities is not None:
+            assert probabilities["label"] == pytest.approx(want_probabilities["label"], abs=1e-4)
+    if engine.prefixes is None:
+        assert not engine.family.prefix_reuse  # PaliGemma: nothing of its prompt is shared
+        return
+    stats = engine.prefixes.stats
+    ran_on_prefix = (stats.hits + stats.misses) - (before.hits + before.misses)
+    refused = stats.refused - before.refused
+    if engine.family.tiny_arch in SPLITS_REFUSED_WITH_IMAGE_DEMOS:
+        assert refused == 5 and ran_on_prefix == 2  # the image-demo programs ran whole; zero-shot did not
+    else:
+        assert refused == 0 and ran_on_prefix == len(requests)
+        assert stats.hits - before.hits >= len(requests) - 3  # one build per program, then hits
+
+
+def test_a_changed_demo_or_instruction_is_another_prefix(lm):
+    """The cache never serves another program's prefix: one changed demo image, or another instruction, is a miss."""
+    engine = lm.engine
+    if engine.prefixes is None or engine.family.tiny_arch in SPLITS_REFUSED_WITH_IMAGE_DEMOS:
+        pytest.skip(f"{engine.family.name} runs few-shot prompts whole")
+    query = [_sized("green", (48, 40))]
+
+    def misses_for(signature, demo_color: str) -> int:
+        demo = [dspy.Example(image=_sized(demo_color, (40, 40)), label="cat").with_inputs("image")]
+        before = engine.prefixes.stats.misses
+        _answers(engine, _requests(lm, signature, demo, query), reuse=True)
+        return engine.prefixes.stats.misses - before
+
+    misses_for(Single, "orange")
+    assert misses_for(Single, "orange") == 0  # the same program: its prefix is cached
+    assert misses_for(Single, "purple") == 1  # one demo image changed
+    assert misses_for(Single.with_instructions("Name the animal you see."), "orange") == 1
+
+
+def test_prefix_cache_keeps_to_its_budget(lm):
+    """Under a budget that holds one prefix, three programs in turn evict each other, and answers stay exact."""
+    engine = lm.engine
+    if engine.prefixes is None:
+        pytest.skip("PaliGemma never splits its prompt")
+    query = [_sized("green", (48, 40))]
+    if engine.family.tiny_arch in SPLITS_REFUSED_WITH_IMAGE_DEMOS:  # zero-shot programs, another instruction each
+        programs = [_requests(lm, Single.with_instructions(f"Which animal is this, {n}?"), [], query)
+                    for n in range(3)]
+    else:  # one demo image each (Gemma 3's template folds the instruction into the query turn of a zero-shot prompt)
+        programs = [_requests(lm, Single, [dspy.Example(image=_sized(color, (40, 40)), label="cat").with_inputs(
+            "image")], query) for color in ("red", "blue", "black")]
+    largest = 0
+    saved = engine.prefixes
+    try:
+        for requests in programs:  # measure one prefix with room to spare
+            engine.prefixes = PrefixCache(2**30)
+            _answers(engine, requests, reuse=True)
+            largest = max(largest, engine.prefixes.nbytes)
+        engine.prefixes = PrefixCache(int(largest * 1.5))
+        for requests in programs + programs:
+            (got,), (want,) = _answers(engine, requests, reuse=True), _answers(engine, requests, reuse=False)
+            assert got[1]["label"] == pytest.approx(want[1]["label"], abs=1e-4)
+            assert engine.prefixes.nbytes <= engine.prefixes.budget_bytes and len(engine.prefixes) == 1
+        assert engine.prefixes.stats.evictions == 5 and engine.prefixes.stats.hits == 0
+    finally:
+        engine.prefixes = saved

@@ -83,23 +83,34 @@ def split_prompt(processor, chat: ChatInput, prompt: str, special_tokens: tuple[
     except Exception:  # noqa: BLE001 - a template that refuses the probe just gets no reuse
         return None
     common = os.path.commonprefix([prompt, other])
-    cut = max((common.rfind(token) + len(token) for token in special_tokens if token in common), default=0)
-    if cut == 0:
-        return None
-    prefix, suffix = prompt[:cut], prompt[cut:]
     shown = sum(part.get("type") == "image" for message in chat.messages[:-1]
                 for part in message["content"] if isinstance(part, dict))
     image_token = getattr(processor, "image_token", None)
-    queried = len(chat.images) - shown
-    if image_token is None or prefix.count(image_token) != shown or suffix.count(image_token) != queried:
-        return None
-    tokenizer = processor.tokenizer
-    whole = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if tokenizer(prefix, add_special_tokens=False)["input_ids"] + tokenizer(suffix, add_special_tokens=False)[
-            "input_ids"] != whole:
+    whole = _ids(processor.tokenizer, prompt)
+    for cut in _cuts(common, special_tokens):
+        prefix, suffix = prompt[:cut], prompt[cut:]
+        if image_token is None or prefix.count(image_token) != shown:
+            return None
+        if _ids(processor.tokenizer, prefix) + _ids(processor.tokenizer, suffix) == whole:
+            break
+    else:
         return None
     prefix_images, suffix_images = tuple(chat.images[:shown]), tuple(chat.images[shown:])
     return PromptSplit(prefix, suffix, prefix_images, suffix_images, (prefix, *map(_image_hash, prefix_images)))
+
+
+def _cuts(common: str, special_tokens: tuple[str, ...]) -> list[int]:
+    """Where to try the split, best first: just after the last special token; else at the last line breaks
+    or spaces (templates without special tokens, LLaVA-1.5's "USER: ... ASSISTANT: ...")."""
+    cuts = [max((common.rfind(token) + len(token) for token in special_tokens if token in common), default=0)]
+    spaces = [index for index, char in enumerate(common) if char in " \n"][-3:]
+    cuts += [index + step for index in reversed(spaces) for step in (0, 1)]
+    return [cut for cut in dict.fromkeys(cuts) if cut > 0]
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    """Token ids of rendered text, special tokens from the text alone (as ``encode_prompts`` encodes it)."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _image_hash(image: Image.Image) -> str:
