@@ -27,6 +27,7 @@ IN_PROCESS = {
     "reasoning": "test_reasoning_then_answer_validates",
     "free text": "test_free_text_answers_are_recorded_as_text",
     "micro-batching": "test_concurrent_calls_are_batched_and_each_gets_its_own_answer",
+    "shared-prefix reuse = whole prompts": "test_prefix_reuse_answers_as_whole_prompts_do",
 }
 """In-process feature -> test in tests/test_transformers_engine.py (fixture ``lm``)."""
 
@@ -50,6 +51,9 @@ def render() -> str:
     lines = [BEGIN, "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for family in FAMILIES:
         local = ["✓" if family.tiny_arch else "✗"] * len(IN_PROCESS)
+        if family.tiny_arch:  # the registry says where prefix reuse is off, or covers only part of the prompts
+            local[-1] = (f"✗ {family.prefix_reuse_off}" if family.prefix_reuse_off
+                         else f"✓ but {family.prefix_reuse_limit}" if family.prefix_reuse_limit else "✓")
         served = ["✓" if family.vllm.supports(key) else f"✗ {family.vllm.why_not(key)}" for _, key in VLLM.values()]
         if not family.vllm.cpu:  # one reason for the whole family, not one per column
             served = [served[0]] + ["✗"] * (len(served) - 1)

@@ -132,3 +132,11 @@ def test_multi_field_needs_fields_and_closed_sets(tmp_path):
         load_config(write(tmp_path, "dataset: {source: x}\ntask: {output: multi_field}\n"))
     with pytest.raises(ConfigError, match=r"task.fields.age repeats \['old'\]"):
         load_config(write(tmp_path, "dataset: {source: x}\ntask: {output: multi_field, fields: {age: [old, old]}}\n"))
+
+
+def test_prefix_cache_default_is_the_engine_default():
+    """config.py imports no torch, so it states the engine's default budget again: the two must agree."""
+    from vlmopt.config import BackendConfig
+    from vlmopt.serving.prefix_cache import DEFAULT_BUDGET_MB
+
+    assert BackendConfig().prefix_cache_mb == DEFAULT_BUDGET_MB

@@ -31,7 +31,7 @@ from vlmopt.programs.adapter import create_adapter
 from vlmopt.programs.classify import Classify
 from vlmopt.programs.confidence import prediction_probabilities
 from vlmopt.serving.chat_inputs import chat_input_from_request, encode_prompts
-from vlmopt.serving.families import scoring_inputs
+from vlmopt.serving.families import FAMILIES, scoring_inputs
 from vlmopt.serving.label_scoring import ClassifierField, candidate_tokens, response_probabilities, score_candidates
 from vlmopt.serving.model_loading import HubUnreachableError
 from vlmopt.serving.prefix_cache import PrefixCache
@@ -399,9 +399,9 @@ def test_unreachable_hub_id_fails_fast_with_a_way_out(monkeypatch):
 
 # --- shared-prefix reuse (serving.prefix_cache): the same answers as whole prompts, on every family ---------
 
-SPLITS_REFUSED_WITH_IMAGE_DEMOS = {"llava_onevision"}
-"""Families whose processor expands an image differently when other images share the prompt
-(LLaVA-OneVision: base view only): their few-shot prefixes fail the whole-prompt check and run whole."""
+SPLITS_REFUSED_WITH_IMAGE_DEMOS = {family.tiny_arch for family in FAMILIES if family.prefix_reuse_limit}
+"""Families whose few-shot prefixes fail the whole-prompt check and run whole (the registry's
+``prefix_reuse_limit``: LLaVA-OneVision expands an image differently when other images share the prompt)."""
 
 
 def _requests(lm: dspy.LM, signature, demos: list[dspy.Example], queries: list[dspy.Image]) -> list[Request]:

@@ -68,6 +68,10 @@ class BackendConfig(_Section):
     num_retries: int = Field(2, ge=0)
     max_batch_size: int = Field(8, ge=1, description="In-process micro-batch size.")
     max_wait_ms: float = Field(10.0, ge=0, description="How long the in-process engine gathers a batch.")
+    prefix_cache_mb: int = Field(
+        1024, ge=0, description="In-process: MiB of model cache kept for programs' shared prompt prefixes "
+        "(system, instruction, demos run once per program); 0 runs every prompt whole.",
+    )
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> BackendConfig:

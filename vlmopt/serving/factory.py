@@ -73,6 +73,7 @@ def create_lm(cfg: TaskConfig) -> dspy.LM:
         temperature=cfg.model.temperature,
         max_batch_size=cfg.backend.max_batch_size,
         max_wait_ms=cfg.backend.max_wait_ms,
+        prefix_cache_mb=cfg.backend.prefix_cache_mb,
         seed=cfg.seed,
         structured=cfg.task.structured_generation,
     )

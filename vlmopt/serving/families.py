@@ -86,6 +86,7 @@ class ModelFamily:
     default_chat_template: str | None = None  # for checkpoints that ship no chat template
     template_kwargs: tuple[tuple[str, object], ...] = ()  # switches the chat template is rendered with
     prefix_reuse_off: str = ""  # why a program's shared prefix cannot be run once for all queries, if it cannot
+    prefix_reuse_limit: str = ""  # what reuse leaves out where it works only in part (those prompts run whole)
     notes: str = ""
 
     @property
@@ -190,6 +191,8 @@ FAMILIES: tuple[ModelFamily, ...] = (
     ModelFamily(
         "LLaVA-OneVision", ("llava_onevision",), "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava_onevision",
         VllmSupport("LlavaOnevisionForConditionalGeneration", cpu=True),
+        prefix_reuse_limit="prompts with image demos run whole: its processor expands an image differently when "
+        "other images share the prompt",
         notes="anyres: extra crops per image by aspect ratio (image_grid_pinpoints); in a prompt with several "
         "images transformers encodes each as its base view only, vLLM tiles every one",
     ),
