@@ -65,16 +65,8 @@ from vlmopt.serving.families import GENERIC, scoring_inputs
 from vlmopt.serving.generic_check import check_generic_scoring
 from vlmopt.serving.grammar import GrammarCompiler, GrammarLogitsProcessor
 from vlmopt.serving.model_loading import load_model, locate_model
-from vlmopt.serving.prefix_cache import (
-    DEFAULT_BUDGET_MB,
-    PrefixCache,
-    PrefixEntry,
-    PromptSplit,
-    prefill_on_prefix,
-    run_prefix,
-    special_token_strings,
-    split_prompt,
-)
+from vlmopt.serving.prefix_cache import DEFAULT_BUDGET_MB, PrefixCache, PromptSplit, special_token_strings, split_prompt
+from vlmopt.serving.prefix_runs import PrefixPlanner, prefill_on_prefix
 from vlmopt.serving.sampling import RowSampler, sampling_warpers
 
 SCORE_ROWS_PER_PASS = 64
@@ -93,6 +85,7 @@ class EngineStats:
     requests: int = 0
     generate_calls: int = 0
     score_calls: int = 0
+    decode_steps: int = 0  # generate's steps, summed over calls: a batch steps until its longest answer ends
     prompt_tokens: int = 0
     completion_tokens: int = 0
     batches: BatchStats = field(default_factory=BatchStats)
@@ -173,8 +166,9 @@ class TransformersEngine:
         self._tokenizer_lock = threading.Lock()  # see the module docstring: padding is tokenizer state
         self._candidates: dict[label_scoring.ClassifierField, label_scoring.Candidates] = {}  # worker only
         reuse = prefix_cache_mb > 0 and self.family.prefix_reuse
-        self.prefixes = PrefixCache(prefix_cache_mb * 2**20) if reuse else None  # worker only
         self._special_tokens = special_token_strings(self.tokenizer) if reuse else ()
+        self._planner = (PrefixPlanner(self.model, self.processor, self.family, PrefixCache(prefix_cache_mb * 2**20),
+                                       device=self.device, tokenizer_lock=self._tokenizer_lock) if reuse else None)
         if self.family is GENERIC:
             check_generic_scoring(self)
         self._batcher = MicroBatcher(self._run_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
@@ -301,63 +295,29 @@ class TransformersEngine:
             batch = encode_prompts(self.processor, prompts, images, padding=True)
         return batch.to(self.device, dtype=self.model.dtype)  # casts only the floating tensors (pixels)
 
-    def _plan(self, jobs: list[_Job]) -> tuple[list[int], list[tuple[PrefixEntry, list[int], dict]]]:
-        """Which jobs run whole (indices), and which run on a cached prefix: (entry, indices, suffix batch).
+    @property
+    def prefixes(self) -> PrefixCache | None:
+        """The shared-prefix cache (None: reuse off, or a family that never splits a prompt)."""
+        return self._planner.cache if self._planner is not None else None
 
-        Jobs on one prefix whose suffixes have equal shapes form one unpadded batch (see
-        ``prefix_cache``); a prefix that fails its whole-prompt check sends its jobs to the whole path.
-        """
-        whole = [index for index, job in enumerate(jobs) if job.split is None]
-        by_prefix: dict[tuple, list[int]] = {}
-        for index, job in enumerate(jobs):
-            if job.split is not None:
-                by_prefix.setdefault(job.split.key, []).append(index)
-        runs = []
-        for key, indices in by_prefix.items():
-            entry = self.prefixes.get(key)
-            built = entry is None
-            if built:
-                entry = run_prefix(self.model, self.processor, self.family, jobs[indices[0]].split,
-                                   device=self.device, dtype=self.model.dtype)
-                self.prefixes.put(key, entry)
-            first = self._encode_suffix(jobs[indices[0]].split) if entry.usable else None
-            if not entry.verified:
-                self._verify(entry, jobs[indices[0]], first)
-            if not entry.usable:
-                self.prefixes.stats.add(refused=len(indices))
-                whole += indices
-                continue
-            self.prefixes.stats.add(misses=int(built), hits=len(indices) - built,
-                                    tokens_reused=entry.length * (len(indices) - built))
-            suffixes = [first, *(self._encode_suffix(jobs[index].split) for index in indices[1:])]
-            shapes: dict[tuple, list[int]] = {}
-            for position, suffix in enumerate(suffixes):
-                shapes.setdefault(tuple((name, tuple(value.shape[1:])) for name, value in suffix.items()),
-                                  []).append(position)
-            for same_shape in shapes.values():
-                for chunk in self._score_chunks(jobs, [indices[p] for p in same_shape]):
-                    chunk_suffixes = [suffixes[indices.index(index)] for index in chunk]
-                    batch = {name: torch.cat([suffix[name] for suffix in chunk_suffixes]) for name in chunk_suffixes[0]}
-                    runs.append((entry, chunk, batch))
-        return sorted(whole), runs
+    @prefixes.setter
+    def prefixes(self, cache: PrefixCache | None) -> None:
+        """Swap the cache (a test of the budget); None turns reuse off."""
+        if cache is None:
+            self._planner = None
+        elif self._planner is not None:
+            self._planner.cache = cache
 
-    def _encode_suffix(self, split: PromptSplit) -> dict[str, torch.Tensor]:
-        with self._tokenizer_lock:
-            batch = encode_prompts(self.processor, [split.suffix], [list(split.suffix_images)])
-        return {name: value.to(self.device) for name, value in batch.items()}
-
-    def _verify(self, entry: PrefixEntry, job: _Job, suffix: dict[str, torch.Tensor]) -> None:
-        """Once per prefix: prefix + suffix ids must be the whole prompt's, else the prefix is not used."""
-        with self._tokenizer_lock:
-            ids = encode_prompts(self.processor, [job.prompt], [job.images])["input_ids"][0].tolist()
-        entry.verified = True
-        if ids != entry.inputs["input_ids"][0].tolist() + suffix["input_ids"][0].tolist():
-            entry.usable, entry.cache, entry.inputs, entry.nbytes = False, None, {}, 0
+    def _plan(self, jobs: list[_Job]):
+        """(indices run whole, runs on cached prefixes); see ``prefix_runs.PrefixPlanner``."""
+        if self._planner is None:
+            return list(range(len(jobs))), []
+        return self._planner.plan(jobs, lambda indices: self._score_chunks(jobs, indices))
 
     @torch.inference_mode()
     def _generate(self, jobs: list[_Job]) -> list[_Result]:
         results: list[_Result | None] = [None] * len(jobs)
-        whole, runs = self._plan(jobs) if self.prefixes is not None else (list(range(len(jobs))), [])
+        whole, runs = self._plan(jobs)
         if whole:
             batch = self._encode([jobs[i].prompt for i in whole], [jobs[i].images for i in whole])
             self._place(results, whole, self._generate_from([jobs[i] for i in whole], dict(batch)))
@@ -393,9 +353,9 @@ class TransformersEngine:
         extra = {"stop_strings": list(first.stop), "tokenizer": self.tokenizer} if first.stop else {}
         output = self.model.generate(**inputs, generation_config=config,
                                      logits_processor=LogitsProcessorList(processors) if processors else None, **extra)
-        self.stats.add(generate_calls=1)
-        scores = sampler.scores if sampler is not None else output.scores  # what each token was drawn from
         prompt_width = inputs["input_ids"].shape[1]
+        self.stats.add(generate_calls=1, decode_steps=int(output.sequences.shape[1] - prompt_width))
+        scores = sampler.scores if sampler is not None else output.scores  # what each token was drawn from
         return [self._row_result(job, row, scores, grammar, prompt_tokens=int(inputs["attention_mask"][row].sum()),
                                  new_tokens=output.sequences[row, prompt_width:].tolist())
                 for row, job in enumerate(jobs)]
@@ -435,7 +395,7 @@ class TransformersEngine:
     @torch.inference_mode()
     def _score(self, jobs: list[_Job]) -> list[_Result]:
         results: list[_Result | None] = [None] * len(jobs)
-        whole, runs = self._plan(jobs) if self.prefixes is not None else (list(range(len(jobs))), [])
+        whole, runs = self._plan(jobs)
         for chunk in self._score_chunks(jobs, whole):
             batch = self._encode([jobs[i].prompt for i in chunk], [jobs[i].images for i in chunk])
             candidates = [self._candidate_tokens(jobs[i].classifier) for i in chunk]
