@@ -1,14 +1,15 @@
 """P7: images/s of the in-process engine vs the vLLM (CPU) server: same model, same prompts, same threads.
 
-Both run the same ``Classify`` program (single label, 3 classes, zero-shot) through
-``evaluate_program`` over the same images:
+Both run the same ``Classify`` program (single label, 3 classes), zero-shot and with ``--demos``
+image demos (what an optimized program carries), through ``evaluate_program`` over the same images:
 
 * **in-process** — the transformers engine (micro-batching); for a classifier it *scores* every
   label in one batched forward pass and answers with the most likely one, probabilities included;
+  a program's shared prefix (instruction, demos) runs once (``serving.prefix_cache``);
 * **vLLM** — ``create_openai_lm`` on a local vLLM server: grammar-constrained generation with
   continuous batching and prefix caching, answer only;
-* **vLLM + probabilities** — ``create_vllm_lm``: the same generation plus one prompt-logprob
-  request per label, i.e. the same output as the in-process engine.
+* **vLLM + probabilities** — ``create_vllm_lm``: the same generation plus the label
+  probabilities (``serving.vllm_probabilities``), i.e. the same output as the in-process engine.
 
 The model is a random-weight Idefics3 (SmolVLM layout) large enough that the model, not Python,
 dominates: by default a 768-wide, 8-layer Llama text model and a 384-wide, 6-layer SigLIP tower on
@@ -27,55 +28,22 @@ printed). Run on the serving host::
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
-import random
 import tempfile
-import time
 from pathlib import Path
 
-import dspy
 import torch
-from rich.console import Console
+from shapes_bench import bench_images, images_per_s, program_with_demos  # bench/ is on sys.path
 
-from vlmopt.config import TaskSpec
-from vlmopt.datasets.images import to_dspy_image
-from vlmopt.evaluate import evaluate_program
-from vlmopt.programs import create_program
 from vlmopt.serving.openai_lm import create_openai_lm
 from vlmopt.serving.transformers_engine import create_lm
 from vlmopt.serving.vllm_probabilities import create_vllm_lm
 from vlmopt.serving.vllm_server import VLLMServer
 from vlmopt.testing.bench_vlm import build_bench_idefics3
-from vlmopt.testing.images import draw_shape
 
-LABELS = ["circle", "square", "triangle"]
-TASK = TaskSpec(labels=LABELS)
 SERVED_NAME = "bench-idefics3"
-
-
-def bench_images(count: int, side: int) -> list[dspy.Example]:
-    """Seeded synthetic shapes, encoded once like the dataset loader does."""
-    examples = []
-    for i in range(count):
-        label = LABELS[i % len(LABELS)]
-        image = draw_shape(label, size=side, rng=random.Random(f"p7:{i}"))
-        examples.append(dspy.Example(image=to_dspy_image(image), label=label, id=str(i)).with_inputs("image"))
-    return examples
-
-
-def images_per_s(lm: dspy.LM, examples: list[dspy.Example], threads: int) -> float:
-    program = create_program(TASK, LABELS)
-    quiet = Console(file=io.StringIO())
-    start = time.perf_counter()
-    outcome = evaluate_program(program, examples, lm=lm, task=TASK, labels=LABELS, num_threads=threads,
-                               console=quiet)
-    elapsed = time.perf_counter() - start
-    if outcome.failed_ids:
-        raise RuntimeError(f"{len(outcome.failed_ids)} items failed: {next(iter(outcome.errors.values()))}")
-    return len(examples) / elapsed
 
 
 def main() -> None:
@@ -86,37 +54,47 @@ def main() -> None:
     parser.add_argument("--image-side", type=int, default=256, help="side of the synthetic images")
     parser.add_argument("--dtype", default="auto", help="in-process dtype (vLLM on CPU always uses bfloat16)")
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--demos", type=int, default=4, help="the few-shot program's image demos (0 always runs)")
     args = parser.parse_args()
 
     model = args.model or str(build_bench_idefics3(Path(tempfile.mkdtemp(prefix="p7-model-"))))
     examples = bench_images(args.images, args.image_side)
-    warm = bench_images(args.threads, args.image_side)
+    warm = bench_images(args.threads, args.image_side, seed="warm")
     report: dict = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "load_avg_at_start": os.getloadavg(), "torch_threads": torch.get_num_threads()},
-        "settings": {"model": model, "images": args.images, "threads": args.threads, "image_side": args.image_side,
+        "settings": {"model": model, "images": args.images,
+                     "demos": args.demos, "threads": args.threads, "image_side": args.image_side,
                      "max_new_tokens": args.max_new_tokens, "in_process_dtype": args.dtype},
     }
 
+    demo_counts = sorted({0, args.demos})
+    programs = {demos: program_with_demos(demos, args.image_side) for demos in demo_counts}
+    rates = {}
     in_process = create_lm(model, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
                            max_batch_size=args.threads, cache=False)
     report["settings"]["parameters_M"] = round(sum(p.numel() for p in in_process.engine.model.parameters()) / 1e6, 1)
-    images_per_s(in_process, warm, args.threads)
-    rates = {"in_process": images_per_s(in_process, examples, args.threads)}
+    for demos, program in programs.items():
+        images_per_s(in_process, program, warm, args.threads)  # warm-up: kernels, and this program's prefix
+        rates[f"in_process_{demos}_demos"] = images_per_s(in_process, program, examples, args.threads)
     in_process.engine.close()
 
-    with VLLMServer(model, served_model_name=SERVED_NAME, limit_mm_per_prompt={"image": 1}) as server:
+    images = {"image": max(demo_counts) + 1}
+    with VLLMServer(model, served_model_name=SERVED_NAME, limit_mm_per_prompt=images) as server:
         plain = create_openai_lm(server.base_url, SERVED_NAME, max_tokens=args.max_new_tokens, cache=False)
         scored = create_vllm_lm(server.base_url, SERVED_NAME, max_tokens=args.max_new_tokens, cache=False)
-        images_per_s(scored, warm, args.threads)
-        rates["vllm"] = images_per_s(plain, examples, args.threads)
-        rates["vllm_with_probabilities"] = images_per_s(scored, examples, args.threads)
+        for demos, program in programs.items():
+            images_per_s(scored, program, warm, args.threads)
+            rates[f"vllm_{demos}_demos"] = images_per_s(plain, program, examples, args.threads)
+            rates[f"vllm_with_probabilities_{demos}_demos"] = images_per_s(scored, program, examples, args.threads)
 
     report["images_per_s"] = {name: round(rate, 2) for name, rate in rates.items()}
-    report["ratios"] = {
-        "vllm / in_process": round(rates["vllm"] / rates["in_process"], 2),
-        "vllm_with_probabilities / in_process": round(rates["vllm_with_probabilities"] / rates["in_process"], 2),
-    }
+    report["ratios"] = {f"in_process / vllm_with_probabilities, {demos} demos (same output)":
+                        round(rates[f"in_process_{demos}_demos"] / rates[f"vllm_with_probabilities_{demos}_demos"], 2)
+                        for demos in demo_counts}
+    report["ratios"] |= {f"in_process / vllm, {demos} demos": round(rates[f"in_process_{demos}_demos"]
+                                                                    / rates[f"vllm_{demos}_demos"], 2)
+                         for demos in demo_counts}
     report["machine"]["load_avg_at_end"] = os.getloadavg()
     print(json.dumps(report, indent=2))
 

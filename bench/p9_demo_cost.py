@@ -4,7 +4,9 @@ The same ``Classify`` program with 0 and with 4 image demos, over the same query
 engine per setting: ``prefix_cache_mb=0`` (every prompt run whole, as before reuse) and the
 default (the program's system prompt, instruction and demos run once, each query on top; see
 ``vlmopt.serving.prefix_cache``). The demo cost is img/s(0 demos) / img/s(4 demos); the goal is
-<= 1.3 (vLLM's prefix cache: 0.98). The prefix-cache counters of each run are printed too.
+<= 1.3 (vLLM's prefix cache: 0.98). The prefix-cache counters of each run are printed too, and the
+few-shot run with reuse once more in each of ``--compare-dtypes`` (is the CPU default, float32, the
+fastest here?).
 
 The model is the bench Idefics3 (``vlmopt.testing.bench_vlm``, ~65 M parameters, 64 image tokens at
 256 px). Not a test: the figures depend on the machine and its load (printed).
@@ -35,6 +37,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--image-side", type=int, default=256)
     parser.add_argument("--demos", type=int, default=4)
+    parser.add_argument("--compare-dtypes", nargs="*", default=["bfloat16"],
+                        help="also run reuse on, with demos, in these dtypes (the default dtype runs above)")
     args = parser.parse_args()
 
     model = args.model or str(build_bench_idefics3(Path(tempfile.mkdtemp(prefix="p9-model-"))))
@@ -51,10 +55,17 @@ def main() -> None:
             images_per_s(lm, program, warm, args.threads)  # the first batch pays for the prefix and warm-up
             name = f"reuse_{reuse}_{demos}_demos"
             report["images_per_s"][name] = round(images_per_s(lm, program, examples, args.threads), 2)
-            stats = lm.engine.prefixes.stats if lm.engine.prefixes is not None else None
-            if stats is not None:
+            if lm.engine.prefixes is not None:  # counters since the engine started: this run and the ones before
+                stats = lm.engine.prefixes.stats
                 report["prefix_cache"][name] = {"hits": stats.hits, "misses": stats.misses,
                                                 "refused": stats.refused, "tokens_reused": stats.tokens_reused}
+        lm.engine.close()
+    for dtype in args.compare_dtypes:  # the CPU default is float32: is another dtype faster here?
+        lm = create_lm(model, dtype=dtype, max_batch_size=args.threads, cache=False)
+        program = program_with_demos(args.demos, args.image_side)
+        images_per_s(lm, program, warm, args.threads)
+        report["images_per_s"][f"reuse_on_{args.demos}_demos_{dtype}"] = round(
+            images_per_s(lm, program, examples, args.threads), 2)
         lm.engine.close()
     rates = report["images_per_s"]
     report["demo_cost (img/s 0 demos / img/s 4 demos)"] = {
