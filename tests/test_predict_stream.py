@@ -18,10 +18,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from vlmopt.artifacts import save_artifact
+from vlmopt.artifacts import load_artifact, save_artifact
 from vlmopt.cli import app
 from vlmopt.config import TaskConfig
+from vlmopt.predict import predict_to_file
 from vlmopt.programs import create_program
+from vlmopt.serving.factory import close_lm, create_lm
 from vlmopt.serving.vllm_server import free_port
 from vlmopt.testing.images import make_image_dataset
 
@@ -192,3 +194,21 @@ def test_rows_and_decision_equal_evaluates_on_the_same_manifest(tmp_path, tiny_i
 
     unweighted = predict(plain, "plain.jsonl")
     assert any(unweighted[i]["label"] != rows[i]["label"] for i in rows)  # the weights decided those rows
+
+
+@pytest.mark.slow
+def test_a_notebook_call_predicts_a_folder_and_keeps_no_prompts_in_dspy_history(tmp_path, tiny_idefics3_dir):
+    """DSPy keeps the last 10,000 calls, base64 images included: a night's run must not grow that."""
+    from dspy.clients.base_lm import GLOBAL_HISTORY
+
+    data = make_image_dataset(tmp_path / "data", n_per_class=2)
+    frozen = load_artifact(shapes_artifact(tmp_path / "artifact.json", str(tiny_idefics3_dir)))
+    lm = create_lm(TaskConfig(model={"id": str(tiny_idefics3_dir)}, dataset={"source": "-"}, task=frozen.task))
+    last_before = GLOBAL_HISTORY[-1:]
+    try:
+        summary = predict_to_file(frozen, [data.folder], tmp_path / "labels.jsonl", lm=lm, num_threads=2)
+    finally:
+        close_lm(lm)
+    assert summary.exit_code == 0 and summary.predicted == summary.total == 6
+    assert sum(summary.labels.values()) == 6 and summary.skipped == 0 and summary.n_failed == 0
+    assert GLOBAL_HISTORY[-1:] == last_before and lm.history == []
