@@ -77,14 +77,7 @@ def predict_to_file(
     args = check_inputs(inputs)
     limit = max_failures if isinstance(max_failures, FailureLimit) else FailureLimit(count=max_failures)
     with open_sink(output, frozen.task, rows_per_part=rows_per_part) as sink, FailureLog(failures_path) as failures:
-        skipped = todo = 0
-        for item in discover(args, image_column=image_column):
-            if item.id in sink.ids:
-                skipped += 1
-            else:
-                todo += 1
-        if skipped + todo == 0:
-            raise no_images_error(args)
+        skipped, todo = _count(args, sink.ids, image_column)
         counts = None
         if todo:
             built = None if isinstance(lm, dspy.BaseLM) else lm()
@@ -114,3 +107,16 @@ def predict_to_file(
         stopped=counts.stopped if counts else None,
         wall_s=counts.wall_s if counts else 0.0,
     )
+
+
+def _count(args: list[str], done: set[str], image_column: str | None) -> tuple[int, int]:
+    """(images the output holds, images left): one walk over the paths, no pixels read."""
+    skipped = todo = 0
+    for item in discover(args, image_column=image_column):
+        if item.id in done:
+            skipped += 1
+        else:
+            todo += 1
+    if skipped + todo == 0:
+        raise no_images_error(args)
+    return skipped, todo
