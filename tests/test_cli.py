@@ -126,11 +126,13 @@ def test_optimize_then_export_predict_report(tmp_path, tiny_idefics3_dir, synthe
     (images / "broken.jpg").write_bytes(bad_images["corrupt"].read_bytes())
     out = tmp_path / "preds.csv"
     result = invoke("predict", str(images), "--artifact", str(artifact), "-o", str(out))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # went through, but broken.jpg has no row
     lines = out.read_text().splitlines()
     assert lines[0] == "id,label,confidence,valid,raw" and len(lines) == 4
+    (failure,) = map(json.loads, (tmp_path / "preds.failures.jsonl").read_text().splitlines())
+    assert failure["id"].endswith("broken.jpg") and failure["stage"] == "read"
     said = " ".join(result.output.split())  # rich wraps long lines at the runner's width
-    assert "broken.jpg" in said and "1 unreadable images skipped" in said
+    assert "1 images have no row" in said and "1 unreadable" in said
 
     (run / "report.html").unlink()
     assert invoke("report", str(run)).exit_code == 0 and (run / "report.html").is_file()

@@ -84,6 +84,7 @@ def world(tmp_path_factory, synthetic_data) -> World:
     (root / "one-class.csv").write_text("image,label\n" + "".join(f"manifest-imgs/{i}.png,cat\n" for i in range(3)))
     (root / "not-a-run").mkdir()
     (root / "a-file.txt").write_text("a file, not a folder")
+    (root / "single.parquet").write_bytes(b"PAR1 an old single-file output")
     (root / "not-yaml.yaml").write_text("model: {id: x\n")
     (root / "a-list.yaml").write_text("- model\n- dataset\n")
     (root / "not-a-vlm").mkdir()
@@ -174,7 +175,12 @@ CASES = {
     "predict-empty-folder": Case(lambda w: ["predict", w.path("empty"), "--artifact", str(w.artifact)],
                                  ("no image files in", "empty")),
     "predict-missing-folder": Case(lambda w: ["predict", w.path("absent"), "--artifact", str(w.artifact)],
-                                   ("absent", "does not exist"), usage=True),
+                                   ("absent", "does not exist")),
+    "predict-bad-max-failures": Case(lambda w: ["predict", str(w.data), "--artifact", str(w.artifact),
+                                                "--max-failures", "lots"], ("--max-failures", "a count"), usage=True),
+    "predict-output-a-parquet-file": Case(
+        lambda w: ["predict", str(w.data), "--artifact", str(w.artifact), "-o", w.path("single.parquet")],
+        ("single.parquet", "single Parquet file", "another -o")),
     "predict-output-a-folder": Case(
         lambda w: ["predict", str(w.data), "--artifact", str(w.artifact), "-o", w.path("empty")],
         ("--output", "empty", "is a folder")),

@@ -219,43 +219,85 @@ def _search_worker(cfg: TaskConfig) -> None:
 @app.command()
 @user_errors
 def predict(
-    paths: Annotated[
-        list[Path],
-        typer.Argument(exists=True, help="Image files or folders (searched recursively).", show_default=False),
-    ],
+    inputs: Annotated[list[str], typer.Argument(
+        help="Image files, folders (searched recursively), globs ('inbox/**/*.jpg', quoted) or manifests "
+        "(.csv / .jsonl / .parquet with a column of image paths, relative to the manifest).",
+        show_default=False,
+    )],
     artifact: ArtifactOpt,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Rows out: .jsonl, .csv or .parquet.")] = Path(
-        "predictions.jsonl"
-    ),
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Rows out: .jsonl, .csv, or .parquet (a folder of parts). An existing output is "
+        "resumed: images it holds are skipped.",
+    )] = Path("predictions.jsonl"),
     config: Annotated[
         Path | None, typer.Option(help="Task config for the backend (default: the artifact's model, in-process).")
     ] = None,
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL instead of in-process.")] = None,
-    num_threads: Annotated[int, typer.Option(min=1, help="Concurrent calls.")] = 4,
+    num_threads: Annotated[int, typer.Option(min=1, help="Concurrent calls (images in flight).")] = 4,
+    failures: Annotated[Path | None, typer.Option(
+        help="Failures file, rewritten each run (default: OUTPUT's name + .failures.jsonl).",
+    )] = None,
+    max_failures: Annotated[str | None, typer.Option(
+        help="Stop once more images than this have failed: a count (10) or a fraction of the images to predict "
+        "(0.05 or 5%). Default: 10%, at least 5.",
+    )] = None,
+    image_column: Annotated[str | None, typer.Option(
+        help="Manifest column holding the image paths (default: image, path, file ... or the only column).",
+    )] = None,
 ) -> None:
-    """Classify image files with a frozen program; write id, label, confidence rows (JSONL, CSV or Parquet)."""
+    """Classify images with a frozen program; rows (id, label, confidence) appended as they finish, resumable.
+
+    Exit code: 0 every image has a row; 1 some failed (see the failures file; rerun to retry them);
+    2 stopped by --max-failures, or a bad argument; 130 interrupted. Rerun the same command to resume.
+    """
+    from vlmopt.predict.limits import FailureLimit, FailureLimitError
+
+    try:
+        limit = FailureLimit.parse(max_failures)
+    except FailureLimitError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--max-failures'") from None
+
     from vlmopt.artifacts import check_backend, load_artifact
     from vlmopt.config import DatasetConfig, ModelConfig
-    from vlmopt.predict import image_files, predict_files, write_rows
+    from vlmopt.predict import predict_to_file, summary_table
+    from vlmopt.predict.inputs import check_inputs
+    from vlmopt.predict.run import artifact_max_side
+    from vlmopt.predict.sinks import default_failures_path
     from vlmopt.serving.factory import create_lm
 
-    check_output_file(output)
-    files = image_files(paths)
+    failures = failures or default_failures_path(output)
+    check_output_file(output, folder_ok=output.suffix.lower() == ".parquet")
+    check_output_file(failures)
+    check_inputs(inputs)
     frozen = load_artifact(artifact)
     if config is not None:
         cfg = _load(config)
     else:
         model = ModelConfig(id=frozen.model_id, revision=frozen.artifact.model.revision,
                             max_new_tokens=frozen.artifact.generation.max_new_tokens)
-        cfg = TaskConfig(model=model, dataset=DatasetConfig(source="-"), task=frozen.task)
+        dataset = DatasetConfig(source="-", max_image_side=artifact_max_side(frozen))
+        cfg = TaskConfig(model=model, dataset=dataset, task=frozen.task)
     cfg = _with_backend(cfg, None, base_url)
     check_backend(frozen, cfg)
-    rows, skipped = predict_files(frozen, files, lm=create_lm(cfg), max_side=cfg.dataset.max_image_side,
-                                  num_threads=num_threads)
-    write_rows(rows, output)
-    for skip in skipped:
-        err_console.print(f"[yellow]skipped[/] {skip['id']}: {skip['message']}")
-    console.print(f"{len(rows)} predictions -> [bold]{output}[/] ({len(skipped)} unreadable images skipped)")
+    try:
+        summary = predict_to_file(
+            frozen, inputs, output, lm=lambda: create_lm(cfg), failures_path=failures,
+            max_side=cfg.dataset.max_image_side, max_pixels=cfg.dataset.max_image_pixels, num_threads=num_threads,
+            max_failures=limit, image_column=image_column, console=console,
+        )
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted[/]: the rows written so far are kept in {output}; "
+                          "rerun the same command to resume.")
+        raise typer.Exit(130) from None
+    console.print(summary_table(summary))
+    if summary.stopped:
+        from vlmopt.predict.limits import PredictStopped
+
+        raise PredictStopped(summary.stopped)
+    if not summary.complete:
+        err_console.print(f"[yellow]{summary.n_failed} images have no row[/]: see {failures}; "
+                          "rerun the same command to retry them.", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -65,8 +65,15 @@ def _print_user_error(exc: Exception) -> None:
         err_console.print(hint, highlight=False, markup=False, soft_wrap=True)
 
 
-def check_output_file(path: Path) -> None:
-    """Refuse an --output file that cannot be written, before any work (so a run is not lost at its end)."""
+def check_output_file(path: Path, *, folder_ok: bool = False) -> None:
+    """Refuse an --output file that cannot be written, before any work (so a run is not lost at its end).
+
+    ``folder_ok``: the output is a folder itself (predict's Parquet dataset of parts), so an existing one is fine.
+    """
+    if path.is_dir() and folder_ok:
+        if not os.access(path, os.W_OK):
+            raise OutputFileError(f"--output {path} is not writable; choose another path")
+        return
     if path.is_dir():
         raise OutputFileError(f"--output {path} is a folder; give a file name inside it")
     existing = next(p for p in path.absolute().parents if p.exists())
