@@ -155,8 +155,12 @@ class ScoringPlan:
     """Labels scored by a ``prompt_logprobs`` request (some prefix of theirs has no text)."""
 
 
-def scoring_plan(tokenizer: ServerTokenizer, field: label_scoring.ClassifierField, scoring: Scoring) -> ScoringPlan:
-    """Tokenize the answers; a label takes the trie if every node on its path has a text that re-tokenizes to it."""
+def scoring_plan(tokenizer, field: label_scoring.ClassifierField, scoring: Scoring) -> ScoringPlan:
+    """Tokenize the answers; a label takes the trie if every node on its path has a text that re-tokenizes to it.
+
+    ``tokenizer``: the server's (``ServerTokenizer``), or any with ``encode(text, add_special_tokens)``
+    and ``decode(tokens)``.
+    """
     candidates = label_scoring.candidate_tokens(tokenizer, field)
     if scoring == "prompt_logprobs":
         return ScoringPlan(candidates, LabelTrie.build([]), (), {}, tuple(range(len(field.labels))))
@@ -168,7 +172,7 @@ def scoring_plan(tokenizer: ServerTokenizer, field: label_scoring.ClassifierFiel
             if node not in texts:
                 prefix = list(tokens[:candidates.shared + len(node)])
                 text = tokenizer.decode(prefix)
-                texts[node] = text if tokenizer.encode(text) == prefix else None
+                texts[node] = text if tokenizer.encode(text, add_special_tokens=False) == prefix else None
         spelled = all(texts[path[:depth]] is not None for depth in range(len(path)))
         (trie_labels if spelled else fallback).append(index)
     trie = LabelTrie.build([candidates.tokens[i][candidates.shared:] for i in trie_labels])
@@ -221,7 +225,11 @@ class LabelProbabilityEngine:
                        logprobs=label_scoring.decision_logprobs(label, probabilities))
 
     def label_probabilities(self, request: Request, field: label_scoring.ClassifierField) -> dict[str, float]:
-        """label -> probability for this request's messages (one request per trie node, see module doc)."""
+        """label -> probability for this request's messages: the softmax of ``label_scores``."""
+        return label_scoring.distribution(field, self.label_scores(request, field))
+
+    def label_scores(self, request: Request, field: label_scoring.ClassifierField) -> list[float]:
+        """Each label's summed answer log-prob after the shared prefix (one request per trie node, see module doc)."""
         plan = self._plan(field)
         messages = openai_chat_messages(request)
         steps = list(plan.trie.steps(MAX_LOGPROB_TOKEN_IDS))
@@ -237,7 +245,7 @@ class LabelProbabilityEngine:
             edges.setdefault(node, {}).update(logprobs)
         scores = dict(zip(plan.trie_labels, plan.trie.scores(edges), strict=True))
         scores.update(zip(plan.fallback, results[len(steps):], strict=True))
-        return label_scoring.distribution(field, [scores[i] for i in range(len(field.labels))])
+        return [scores[index] for index in range(len(field.labels))]
 
     def _node_logprobs(self, messages: list[dict], plan: ScoringPlan, node: Path,
                        children: tuple[int, ...]) -> dict[int, float]:
