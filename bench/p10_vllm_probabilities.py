@@ -1,7 +1,8 @@
 """P10: what label probabilities cost on a vLLM (CPU) server, with 0 and 4 image demos.
 
-One server (P7's bench Idefics3), one ``Classify`` program (3 labels), ``evaluate_program`` over the
-same query images with ``threads`` in flight, three ways side by side:
+One server (P7's bench Idefics3), one ``Classify`` program (3 labels), ``evaluate_program`` over
+``images`` query images with ``threads`` in flight (every run its own images, drawn alike: a run
+on images another run sent would find them in the prefix cache), three ways side by side:
 
 * **plain** — ``create_openai_lm``: the json_schema answer only;
 * **trie** — ``create_vllm_lm``: the same answer plus label probabilities, one
@@ -118,8 +119,12 @@ def main() -> None:
 
     model = args.model or str(build_bench_idefics3(Path(tempfile.mkdtemp(prefix="p10-model-"))))
     most = max(args.demos)
-    images = bench_images(most + args.threads + args.images, args.image_side)
-    demos, warm, queries = images[:most], images[most:most + args.threads], images[most + args.threads:]
+    runs = [(repeat, count, path) for repeat in range(args.repeats) for count in args.demos for path in PATHS]
+    images = bench_images(most + args.threads + args.images * len(runs), args.image_side)
+    demos, warm, rest = images[:most], images[most:most + args.threads], images[most + args.threads:]
+    # Each run its own query images: a path run after another on the same images would find their
+    # generation prompts in the prefix cache.
+    queries = {run: rest[i * args.images:(i + 1) * args.images] for i, run in enumerate(runs)}
     report: dict = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "load_avg_at_start": os.getloadavg()},
@@ -140,11 +145,9 @@ def main() -> None:
             programs[count].predict.demos = demos[:count]
             for path in PATHS:
                 measure(server, lms[path], programs[count], warm, args.threads)
-        for _ in range(args.repeats):
-            for count in args.demos:
-                for path in PATHS:
-                    rounds.setdefault((count, path), []).append(
-                        measure(server, lms[path], programs[count], queries, args.threads))
+        for repeat, count, path in runs:
+            rounds.setdefault((count, path), []).append(
+                measure(server, lms[path], programs[count], queries[repeat, count, path], args.threads))
         lms["plain"].close()
         for path in PATHS[1:]:
             lms[path].engine.close()  # a custom engine is the caller's to close, not the LM's
