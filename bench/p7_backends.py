@@ -7,8 +7,9 @@ Both run the same ``Classify`` program (single label, 3 classes, zero-shot) thro
   label in one batched forward pass and answers with the most likely one, probabilities included;
 * **vLLM** — ``create_openai_lm`` on a local vLLM server: grammar-constrained generation with
   continuous batching and prefix caching, answer only;
-* **vLLM + probabilities** — ``create_vllm_lm``: the same generation plus one prompt-logprob
-  request per label, i.e. the same output as the in-process engine.
+* **vLLM + probabilities** — ``create_vllm_lm``: the same generation plus one 1-token request per
+  node of the labels' token trie (``logprob_token_ids``), i.e. the same output as the in-process
+  engine (P10 measures what that costs).
 
 The model is a random-weight Idefics3 (SmolVLM layout) large enough that the model, not Python,
 dominates: by default a 768-wide, 8-layer Llama text model and a 384-wide, 6-layer SigLIP tower on

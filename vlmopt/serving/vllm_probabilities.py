@@ -46,8 +46,9 @@ processors, and gathered by id (``gather_specific_token_logprobs``, line 117).
 
 Why not the generation's own ``top_logprobs`` at the first label token: under structured outputs
 vLLM applies the grammar bitmask to the logits *before* the sampler computes log-probs (whatever
-``--logprobs-mode``), so they come back renormalised over what the grammar allows at that step
-(hence no ``response_format`` on scoring requests); and the grammar lets the model spell the JSON
+``--logprobs-mode``; ``vllm/v1/worker/gpu_model_runner.py`` line 4335, the CPU runner's base), so
+they come back renormalised over what the grammar allows at that step (hence no
+``response_format`` on scoring requests); and the grammar lets the model spell the JSON
 in any tokenisation (the tiny Idefics3 writes ``la``+``bel``, ``"``+``:`` and is offered label
 prefixes such as ``c`` and ``s`` next to ``circle``). That is neither a distribution over the
 labels nor comparable with the in-process scorer.
@@ -73,8 +74,12 @@ Known limits:
   vLLM, another OpenAI-compatible server) is a one-line ``ProviderError`` naming the fix, not a
   silent fallback to ``prompt_logprobs``: that would make every prediction several times slower
   without a word.
-* Cost (bench P10, 65 M Idefics3, 3 labels, CPU): see ``bench/README.md``. The prediction's token
-  usage is the generation request's; the scoring requests are not counted in it.
+* Cost: vLLM caches whole KV blocks, so each node request recomputes the prompt after the last
+  full block of the generation's (the query image, when it sits there). Bench P10 (65 M Idefics3,
+  3 labels, 4 image demos, CPU): with ``--block-size 32`` 1.33x the time of the answer alone
+  (prompt_logprobs: 7.5x); at the CPU default of 128 the whole query part is recomputed per node
+  and it is 3.1x (prompt_logprobs: 7.1x); GPU builds default to 16. The prediction's token usage
+  is the generation request's; the scoring requests are not counted in it.
 
 Example::
 
