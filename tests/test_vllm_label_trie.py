@@ -3,6 +3,8 @@
 * Labels that share first tokens ("ca", "cat", "cater", "caterpillar") are scored node by node:
   each label's summed log-prob equals the earlier one-request-per-label ``prompt_logprobs``
   method's, and the distribution the in-process engine's.
+* A server that ignores ``logprob_token_ids`` (an older vLLM drops unknown fields) is a one-line
+  error naming the fix.
 * The scoring requests read the prefix cache: the server's own hit counter (``/metrics``) rises by
   at least the generation prompt's full blocks for every node request, where the
   ``prompt_logprobs`` method (which vLLM serves without a cache lookup) adds none.
@@ -12,15 +14,17 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import urllib.request
 
 import dspy
 import httpx
 import pytest
-from dspy.lm15 import Config, ImagePart, Message, Request, TextPart
+from dspy.lm15 import Config, ImagePart, Message, ProviderError, Request, TextPart
 from PIL import Image
 
+from fixtures_vllm import forward_to, loopback_proxy
 from vlmopt._dspy_compat import openai_chat_messages
 from vlmopt.config import TaskSpec
 from vlmopt.programs import create_program
@@ -121,3 +125,21 @@ def test_scoring_requests_read_the_prefix_cache(vllm_server):
     finally:
         for engine in engines.values():
             engine.close()
+
+
+def test_a_server_without_logprob_token_ids_is_a_one_line_error_naming_the_fix(vllm_server):
+    """The real server behind a proxy that drops the fields, as a vLLM that predates them ignores them."""
+
+    def handle(handler, body: bytes) -> None:
+        request = {k: v for k, v in json.loads(body).items() if k not in ("logprob_token_ids", "return_token_ids")}
+        forward_to(vllm_server.root_url, handler, json.dumps(request).encode())
+
+    with loopback_proxy(handle) as base_url:
+        engine = LabelProbabilityEngine(base_url, vllm_server.model, num_retries=0)
+        try:
+            with pytest.raises(ProviderError, match="ignored logprob_token_ids") as caught:
+                engine.label_scores(_request((220, 40, 40)), ClassifierField("label", SHAPES))
+        finally:
+            engine.close()
+    message = str(caught.value)
+    assert "\n" not in message and "backend.label_probabilities: false" in message
