@@ -8,8 +8,9 @@ image demos (what an optimized program carries), through ``evaluate_program`` ov
   a program's shared prefix (instruction, demos) runs once (``serving.prefix_cache``);
 * **vLLM** — ``create_openai_lm`` on a local vLLM server: grammar-constrained generation with
   continuous batching and prefix caching, answer only;
-* **vLLM + probabilities** — ``create_vllm_lm``: the same generation plus the label
-  probabilities (``serving.vllm_probabilities``), i.e. the same output as the in-process engine.
+* **vLLM + probabilities** — ``create_vllm_lm``: the same generation plus one 1-token request per
+  node of the labels' token trie (``logprob_token_ids``), i.e. the same output as the in-process
+  engine (P10 measures what that costs).
 
 The model is a random-weight Idefics3 (SmolVLM layout) large enough that the model, not Python,
 dominates: by default a 768-wide, 8-layer Llama text model and a 384-wide, 6-layer SigLIP tower on

@@ -20,6 +20,7 @@ from vlmopt.serving.batching import MicroBatcher
 from vlmopt.serving.chat_inputs import chat_input_from_request
 from vlmopt.serving.grammar import GrammarCompiler, bound_label_arrays
 from vlmopt.serving.label_scoring import ClassifierField, candidate_tokens, classifier_field
+from vlmopt.serving.label_trie import LabelTrie
 from vlmopt.serving.model_loading import (
     HubUnreachableError,
     ModelSourceError,
@@ -27,6 +28,7 @@ from vlmopt.serving.model_loading import (
     locate_model,
     resolve_dtype,
 )
+from vlmopt.serving.vllm_probabilities import scoring_plan
 
 
 def run_concurrently(batcher: MicroBatcher, items: list) -> list:
@@ -147,6 +149,26 @@ def test_candidate_tokens_share_the_json_prefix(tiny_lfm2_vl_dir):
     prefix = candidates.tokens[0][: candidates.shared]
     assert all(t[: candidates.shared] == prefix for t in candidates.tokens)
     assert len({t[candidates.shared] for t in candidates.tokens}) > 1
+
+
+def test_label_trie_has_a_step_per_internal_node_and_sums_each_path():
+    trie = LabelTrie.build([(7, 9), (7, 3, 9), (5, 9)])  # "cat", "caterpillar", "dog" after the shared prefix
+    assert trie.nodes == {(): (7, 5), (7,): (9, 3), (7, 3): (9,), (5,): (9,)}
+    edges = {(): {7: -0.1, 5: -2.0}, (7,): {9: -1.0, 3: -0.5}, (7, 3): {9: -0.2}, (5,): {9: -0.3}}
+    assert trie.scores(edges) == pytest.approx([-1.1, -0.8, -2.3])
+    assert list(trie.steps(max_children=1))[:3] == [((), (7,)), ((), (5,)), ((7,), (9,))]  # children split
+
+
+def test_scoring_plan_leaves_labels_no_text_prefix_spells_to_prompt_logprobs(tiny_idefics3_dir):
+    """The tiny Idefics3 splits "é" into two byte tokens: the cut between them decodes to U+FFFD."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_idefics3_dir)
+    field = ClassifierField("label", ("café", "cafe", "caterpillar"))
+    plan = scoring_plan(tokenizer, field, "trie")
+    assert plan.fallback == (0,) and plan.trie_labels == (1, 2)
+    shared = plan.candidates.tokens[1][:plan.candidates.shared]
+    for node, text in plan.prefills.items():
+        assert tokenizer.encode(text, add_special_tokens=False) == [*shared, *node]
+    assert scoring_plan(tokenizer, field, "prompt_logprobs").fallback == (0, 1, 2)
 
 
 def encoded(img: Image.Image, fmt: str = "PNG") -> str:

@@ -230,6 +230,9 @@ class FirstEncodeWaits:
             threading.Event().wait(GATE_S)
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
+    def decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens)
+
 
 def test_label_tokens_are_fetched_once_when_threads_meet_an_unseen_classifier(tiny_idefics3_dir):
     field = ClassifierField("label", ("circle", "square", "triangle"))
@@ -240,25 +243,32 @@ def test_label_tokens_are_fetched_once_when_threads_meet_an_unseen_classifier(ti
 
         def first_use():
             start.wait()
-            return engine._candidate_tokens(field)
+            return engine._plan(field)
 
         calls = [run_in_thread(first_use) for _ in range(4)]
         for thread, _ in calls:
             thread.join(GATE_S * 5)
-        assert len({outcome["result"] for _, outcome in calls}) == 1
-        assert tokenizer.calls == len(field.labels)  # the old code tokenized once per thread
+        plans = {id(outcome["result"]) for _, outcome in calls}
+        assert len(plans) == 1
+        plan = calls[0][1]["result"]
+        assert plan.fallback == ()
+        # one plan's encodes: each answer, then each trie node's prefix text (checked to re-tokenize)
+        assert tokenizer.calls == len(field.labels) + len(plan.trie.nodes)  # the old code tokenized once per thread
     finally:
         engine.close()
 
 
 @pytest.fixture
 def scripted_server():
-    """A loopback HTTP server answering ``/tokenize`` and failing chat completions with ``status``."""
+    """A loopback HTTP server answering ``/tokenize`` and ``/detokenize`` (a token per character) and
+    failing chat completions with ``status``."""
     state = {"status": 500, "chat_calls": 0}
 
     def handle(handler, body: bytes) -> None:
         if handler.path == "/tokenize":
             status, payload = 200, {"tokens": [ord(c) for c in json.loads(body)["prompt"]]}
+        elif handler.path == "/detokenize":
+            status, payload = 200, {"prompt": "".join(map(chr, json.loads(body)["tokens"]))}
         else:
             state["chat_calls"] += 1
             status, payload = state["status"], {"error": {"message": f"scripted {state['status']}"}}
@@ -282,10 +292,11 @@ def test_scoring_failures_are_lm15_errors_after_the_clients_retries(scripted_ser
     try:
         with pytest.raises(error, match=rf"/v1/chat/completions: HTTP {status}: .*scripted {status}") as caught:
             engine.label_probabilities(text_request("Which shape?"), field)
+        requests = len(engine._plan(field).trie.nodes)  # one per trie node: 15 for these one-char tokens
     finally:
         engine.close()
     assert caught.value.status == status
-    assert state["chat_calls"] == attempts * len(field.labels)  # 5xx retried per request, 4xx not
+    assert state["chat_calls"] == attempts * requests  # 5xx retried per request, 4xx not
 
 
 def test_unreachable_scoring_server_is_a_transport_error_naming_it():

@@ -61,8 +61,9 @@ class BackendConfig(_Section):
     served_model_name: str | None = Field(None, description="Model name on the server; default model.id.")
     label_probabilities: bool = Field(
         True,
-        description="openai backend: measure each label's probability (one extra prefill per label, "
-        "about 2x slower on vLLM); off leaves the server's confidence unmeasured.",
+        description="openai backend: measure each label's probability (one 1-token request per node of "
+        "the labels' token trie, reading vLLM's prefix cache: bench P10); off leaves the server's "
+        "confidence unmeasured.",
     )
     timeout_s: float = Field(120.0, gt=0)
     num_retries: int = Field(2, ge=0)
