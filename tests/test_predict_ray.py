@@ -5,11 +5,12 @@ shards they write hold, row for row, what `predict_to_file` writes for the same 
 corrupt file is the same failure row. A rerun finds every id in the shards and predicts nothing.
 """
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from test_predict_stream import WEIGHTS, failures_of, rows_of, shapes_artifact
+from test_predict_stream import WEIGHTS, failures_of, invoke, rows_of, shapes_artifact
 from vlmopt.artifacts import load_artifact
 from vlmopt.config import TaskConfig
 from vlmopt.predict import predict_to_file
@@ -62,3 +63,26 @@ def test_ray_actors_write_the_rows_single_machine_predict_writes(tmp_path, tiny_
 
     rerun = predict_on_ray(artifact, [data.folder], out, cfg=cfg, actors=2)
     assert (rerun.skipped, rerun.predicted, rerun.n_failed) == (12, 0, 1)  # only broken.png tried again
+
+
+def _cli_args(tmp_path: Path) -> list:
+    data = make_image_dataset(tmp_path / "data", n_per_class=1)
+    return ["predict", data.folder, "--artifact", shapes_artifact(tmp_path / "artifact.json", "tiny")]
+
+
+def test_ray_not_installed_is_one_line_saying_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as it does without the extra
+    result = invoke(*_cli_args(tmp_path), "--ray", "-o", tmp_path / "out.parquet")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "pip install 'vlmopt[ray]'" in " ".join(result.stderr.split())
+
+
+@pytest.mark.parametrize(("extra", "said"), [
+    (["-o", "out.csv"], "folder of shards named .parquet or .jsonl"),
+    (["-o", "out.parquet", "--max-failures", "3"], "not applied on Ray"),
+])
+def test_ray_options_a_cluster_run_cannot_honour_are_refused(tmp_path, monkeypatch, extra, said):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(*_cli_args(tmp_path), "--ray", *extra)
+    assert result.exit_code == 2, result.output
+    assert said in " ".join(result.stderr.split()) and "Traceback" not in result.output
