@@ -231,7 +231,7 @@ def predict_on_ray(
             if kind == "parquet":
                 rows.write_parquet(str(output))
             else:
-                rows.write_json(str(output))
+                rows.write_json(str(output), double_precision=15)  # pandas' default, 10 digits, rounds confidences
             for record in outcomes.map_batches(_failures_only, batch_format="pyarrow").take_all():
                 failures.append(Failure(record["id"], record["stage"], record["reason"], record["message"]))
             predicted = rows.count()
