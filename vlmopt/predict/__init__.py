@@ -11,7 +11,9 @@ lose nothing to a kill, resume where it stopped and name every image it could no
 * :mod:`~vlmopt.predict.stream` — the bounded window of worker threads; :mod:`~vlmopt.predict.limits`
   — ``--max-failures``; :mod:`~vlmopt.predict.summary` — the counts and the exit code;
 * :func:`predict_to_file` (:mod:`~vlmopt.predict.run`) — all of it, as one call;
-* :func:`write_rows` (:mod:`~vlmopt.predict.tables`) — rows already in memory, written at once.
+* :func:`write_rows` (:mod:`~vlmopt.predict.tables`) — rows already in memory, written at once;
+* :func:`~vlmopt.predict.ray_runner.predict_on_ray` — the same rows across a cluster, on Ray Data
+  (imported from its module: it needs the ``ray`` extra).
 
 Example::
 
