@@ -53,7 +53,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--image-side", type=int, default=256, help="side of the synthetic images")
-    parser.add_argument("--dtype", default="auto", help="in-process dtype (vLLM on CPU always uses bfloat16)")
+    parser.add_argument("--dtype", default="auto", help="in-process dtype (auto: float32 on CPU)")
+    parser.add_argument("--vllm-dtype", default="auto",
+                        help="vLLM --dtype (auto: bfloat16, emulated on a CPU without AVX512-BF16/AMX: float32 there)")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--demos", type=int, default=4, help="the few-shot program's image demos (0 always runs)")
     args = parser.parse_args()
@@ -66,7 +68,8 @@ def main() -> None:
                     "load_avg_at_start": os.getloadavg(), "torch_threads": torch.get_num_threads()},
         "settings": {"model": model, "images": args.images,
                      "demos": args.demos, "threads": args.threads, "image_side": args.image_side,
-                     "max_new_tokens": args.max_new_tokens, "in_process_dtype": args.dtype},
+                     "max_new_tokens": args.max_new_tokens, "in_process_dtype": args.dtype,
+                     "vllm_dtype": args.vllm_dtype},
     }
 
     demo_counts = sorted({0, args.demos})
@@ -81,7 +84,8 @@ def main() -> None:
     in_process.engine.close()
 
     images = {"image": max(demo_counts) + 1}
-    with VLLMServer(model, served_model_name=SERVED_NAME, limit_mm_per_prompt=images) as server:
+    with VLLMServer(model, served_model_name=SERVED_NAME, limit_mm_per_prompt=images,
+                    extra_args=["--dtype", args.vllm_dtype]) as server:
         plain = create_openai_lm(server.base_url, SERVED_NAME, max_tokens=args.max_new_tokens, cache=False)
         scored = create_vllm_lm(server.base_url, SERVED_NAME, max_tokens=args.max_new_tokens, cache=False)
         for demos, program in programs.items():
