@@ -255,6 +255,16 @@ def test_untracked_calls_add_no_history_and_no_usage():
     assert usage.get_total_tokens()["vlmopt-test/scripted"]["completion_tokens"] == 2
 
 
+def test_without_history_calls_add_no_history_and_keep_other_settings():
+    lm = scripted_lm(ScriptedEngine(lambda call: "two words"))
+    with compat.without_history(lm=lm):
+        assert dspy.settings.lm is lm
+        lm("inner")
+    assert len(lm.history) == 0
+    lm("outer")
+    assert len(lm.history) == 1
+
+
 # ─── the seam is the only door ─────────────────────────────────────────────────────────────────
 
 

@@ -246,6 +246,15 @@ def untracked():
     return dspy.settings.context(**UNTRACKED_SETTINGS)
 
 
+def without_history(**settings):
+    """A settings context (``settings`` too, e.g. ``lm=``) whose LM calls add no history entry.
+
+    Predict's workers run under it: DSPy otherwise keeps the last calls, images included, in memory,
+    which a run over a million images cannot afford.
+    """
+    return dspy.settings.context(disable_history=True, **settings)
+
+
 # ─── resolved at import: a DSPy without these fails here, once ────────────────────────────────
 
 def _require_internals() -> None:

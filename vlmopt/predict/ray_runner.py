@@ -85,7 +85,7 @@ class PredictActor:
     """One actor of the pool: the artifact and the LM built once, then batches of (id, source) -> outcomes.
 
     ``num_threads`` calls run concurrently inside the actor (the in-process engine micro-batches
-    them; a server sees concurrent requests), each under ``dspy.context(lm=..., disable_history=True)``.
+    them; a server sees concurrent requests), each under ``_dspy_compat.without_history(lm=...)``.
     """
 
     def __init__(self, artifact_json: str, cfg: TaskConfig, *, max_side: int, max_pixels: int | None,
@@ -104,11 +104,10 @@ class PredictActor:
         self.pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="vlmopt-ray-predict")
 
     def _one(self, item: Item):
-        import dspy
-
+        from vlmopt._dspy_compat import without_history
         from vlmopt.predict.rows import predict_image
 
-        with dspy.context(lm=self.run_lm, disable_history=True):
+        with without_history(lm=self.run_lm):
             return predict_image(self.frozen.program, self.frozen.task, item,
                                  max_side=self.max_side, max_pixels=self.max_pixels)
 

@@ -7,7 +7,7 @@ The main thread alone writes, so the sink needs no lock. At most ``window`` item
 and not yet written; items are pulled from the (lazy) discovery only to refill it, so memory
 holds at most ``num_threads`` decoded images and ``window`` paths — flat in the number of images.
 
-Each worker runs under ``dspy.context(lm=lm, disable_history=True)``: DSPy otherwise keeps the
+Each worker runs under ``_dspy_compat.without_history(lm=lm)``: DSPy otherwise keeps the
 last 10,000 calls, prompts with their base64 images included, in the LM's history — memory that
 grows with the run for nothing a batch job reads.
 
@@ -38,6 +38,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from vlmopt._dspy_compat import without_history
 from vlmopt.config import TaskSpec
 from vlmopt.predict.inputs import Item
 from vlmopt.predict.rows import Failure, Outcome, predict_image
@@ -86,7 +87,7 @@ def run_stream(
     window = window or 2 * num_threads
 
     def work(item: Item) -> Outcome:
-        with dspy.context(lm=lm, disable_history=True):
+        with without_history(lm=lm):
             return predict_image(program, task, item, max_side=max_side, max_pixels=max_pixels)
 
     predicted = processed = 0
