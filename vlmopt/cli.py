@@ -246,14 +246,15 @@ def predict(
     )] = None,
     ray: Annotated[bool, typer.Option(
         "--ray", help="Run on Ray Data, in a pool of --actors actors: joins the cluster in RAY_ADDRESS (or "
-        "--ray-address), else starts a local Ray. OUTPUT is then a folder of .parquet or .jsonl shards. "
+        "--ray-address), else starts a local Ray. Same OUTPUT, resume and failures as without it. "
         "Needs vlmopt[ray].",
     )] = False,
     ray_address: Annotated[str | None, typer.Option(
         help="With --ray (implies it): the Ray cluster to join (auto, ray://head:10001, 10.0.0.5:6379).",
     )] = None,
     actors: Annotated[int, typer.Option(
-        min=1, help="With --ray: actors in the pool, each loading the model (or a client of --base-url) once.",
+        min=1, help="With --ray: actors in the pool, each loading the model (or a client of --base-url) once; "
+        "--num-threads is then the calls in flight per actor.",
     )] = 2,
 ) -> None:
     """Classify images with a frozen program; rows (id, label, confidence) appended as they finish, resumable.
@@ -277,11 +278,8 @@ def predict(
     from vlmopt.serving.factory import create_lm
 
     ray = ray or ray_address is not None
-    if ray and max_failures is not None:
-        raise typer.BadParameter("not applied on Ray (every image is tried; see the failures file)",
-                                 param_hint="'--max-failures'")
     failures = failures or default_failures_path(output)
-    check_output_file(output, folder_ok=output.suffix.lower() == ".parquet" or ray)
+    check_output_file(output, folder_ok=output.suffix.lower() == ".parquet")
     check_output_file(failures)
     check_inputs(inputs)
     frozen = load_artifact(artifact)
@@ -294,26 +292,17 @@ def predict(
         cfg = TaskConfig(model=model, dataset=dataset, task=frozen.task)
     cfg = _with_backend(cfg, None, base_url)
     check_backend(frozen, cfg)
-    if ray:
-        from vlmopt.predict.ray_runner import predict_on_ray
-
-        summary = predict_on_ray(
-            artifact, inputs, output, cfg=cfg, address=ray_address, actors=actors,
-            num_threads=num_threads, failures_path=failures, max_side=cfg.dataset.max_image_side,
-            max_pixels=cfg.dataset.max_image_pixels, image_column=image_column,
-        )
-        console.print(summary_table(summary))
-        if not summary.complete:
-            err_console.print(f"[yellow]{summary.n_failed} images have no row[/]: see {failures}; "
-                              "rerun the same command to retry them.", soft_wrap=True)
-            raise typer.Exit(1)
-        return
+    common = {"failures_path": failures, "max_side": cfg.dataset.max_image_side,
+              "max_pixels": cfg.dataset.max_image_pixels, "num_threads": num_threads, "max_failures": limit,
+              "image_column": image_column, "console": console}
     try:
-        summary = predict_to_file(
-            frozen, inputs, output, lm=lambda: create_lm(cfg), failures_path=failures,
-            max_side=cfg.dataset.max_image_side, max_pixels=cfg.dataset.max_image_pixels, num_threads=num_threads,
-            max_failures=limit, image_column=image_column, console=console,
-        )
+        if ray:
+            from vlmopt.predict.ray_runner import predict_on_ray
+
+            summary = predict_on_ray(artifact, inputs, output, cfg=cfg, address=ray_address, actors=actors, **common)
+        else:
+            summary = predict_to_file(frozen, inputs, output, lm=lambda: create_lm(cfg), artifact_path=artifact,
+                                      **common)
     except KeyboardInterrupt:
         err_console.print(f"[yellow]interrupted[/]: the rows written so far are kept in {output}; "
                           "rerun the same command to resume.")
