@@ -217,9 +217,11 @@ def _run(case: Case, args: list[str]) -> tuple[int, str, str]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_invocation_is_one_line_and_exit_2(name, world, isolated_datasets_cache):
     case = CASES[name]
+    before = set(Path.cwd().iterdir())
     code, stderr, output = _run(case, case.args(world))
     assert "Traceback" not in output, output
     assert code == 2, output
+    assert set(Path.cwd().iterdir()) == before  # a refused command leaves nothing behind (no empty outputs)
     if case.usage:
         said = " ".join(stderr.replace("│", " ").split())
         assert "Invalid value" in said or "does not exist" in said, said

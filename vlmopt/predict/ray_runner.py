@@ -186,6 +186,8 @@ def predict_on_ray(
     output = Path(output)
     failures_path = Path(failures_path) if failures_path is not None else default_failures_path(output)
     args = check_inputs(inputs)
+    if next(discover(args, image_column=image_column), None) is None:  # before any output file is created
+        raise no_images_error(args)
     limit = max_failures if isinstance(max_failures, FailureLimit) else FailureLimit(count=max_failures)
     with open_sink(output, frozen.task, rows_per_part=rows_per_part) as sink, FailureLog(failures_path) as failures:
         claim_output(output, frozen, has_rows=bool(sink.ids), artifact_path=artifact)
@@ -196,8 +198,6 @@ def predict_on_ray(
                 skipped += 1
             else:
                 todo.append({"id": item.id, "source": item.source})
-        if skipped + len(todo) == 0:
-            raise no_images_error(args)
         counts = None
         if todo:
             start_ray(ray, address)

@@ -79,6 +79,8 @@ def predict_to_file(
     output = Path(output)
     failures_path = Path(failures_path) if failures_path is not None else default_failures_path(output)
     args = check_inputs(inputs)
+    if next(discover(args, image_column=image_column), None) is None:  # before any output file is created
+        raise no_images_error(args)
     limit = max_failures if isinstance(max_failures, FailureLimit) else FailureLimit(count=max_failures)
     with open_sink(output, frozen.task, rows_per_part=rows_per_part) as sink, FailureLog(failures_path) as failures:
         claim_output(output, frozen, has_rows=bool(sink.ids), artifact_path=artifact_path)
@@ -122,6 +124,4 @@ def count_left(args: list[str], done: set[str], image_column: str | None) -> tup
             skipped += 1
         else:
             todo += 1
-    if skipped + todo == 0:
-        raise no_images_error(args)
     return skipped, todo
