@@ -35,6 +35,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -139,10 +140,14 @@ def outcomes_of(table: pa.Table, schema: pa.Schema) -> Iterator[Outcome]:
 
 def start_ray(ray, address: str | None) -> None:
     """Join the cluster at ``address`` (None: the one in RAY_ADDRESS, else a new local Ray), unless joined."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the driver draws the run's one bar and summary (OutcomeWriter)
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # "progress bars disabled", "execution finished"
     if ray.is_initialized():
         return
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as exc:
         raise RayConnectError(f"no Ray cluster at {address!r} ({exc}); start one with `ray start --head` "
                               "or give --ray alone for a local Ray") from None
@@ -208,7 +213,7 @@ def predict_on_ray(
                     "cfg": cfg, "max_side": max_side or artifact_max_side(frozen), "max_pixels": max_pixels,
                     "num_threads": num_threads, "cache": cache,
                 },
-                batch_size=batch_size, batch_format="pyarrow", concurrency=actors,
+                batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=actor_cpus, num_gpus=actor_gpus or None,
             )
             schema = row_schema(frozen.task)
@@ -229,4 +234,5 @@ def predict_on_ray(
     return PredictSummary(output=output, failures_path=failures_path, total=skipped + len(todo), skipped=skipped,
                           predicted=counts.predicted if counts else 0, failed=failed,
                           not_attempted=len(todo) - processed, labels=labels,
-                          stopped=counts.stopped if counts else None, wall_s=counts.wall_s if counts else 0.0)
+                          stopped=counts.stopped if counts else None, wall_s=counts.wall_s if counts else 0.0,
+                          first_s=counts.first_s if counts else 0.0)

@@ -113,6 +113,7 @@ def predict_to_file(
         labels=labels,
         stopped=counts.stopped if counts else None,
         wall_s=counts.wall_s if counts else 0.0,
+        first_s=counts.first_s if counts else 0.0,
     )
 
 

@@ -52,6 +52,7 @@ class StreamCounts:
     processed: int  # rows written + failures recorded
     stopped: str | None  # why the loop stopped early, or None
     wall_s: float  # seconds from the first submission to the last row
+    first_s: float = 0.0  # seconds until the first outcome came back (a Ray pool's start-up shows here)
 
 
 class OutcomeWriter:
@@ -68,6 +69,7 @@ class OutcomeWriter:
         self.predicted = self.processed = 0
         self.stopped: str | None = None
         self.started = time.perf_counter()
+        self.first_at: float | None = None
         self._progress = Progress(
             TextColumn("[bold]predict"),
             BarColumn(),
@@ -89,6 +91,8 @@ class OutcomeWriter:
             elif self.sink.append(outcome):
                 self.predicted += 1
             n += 1
+        if self.first_at is None and n:
+            self.first_at = time.perf_counter()
         self.processed += n
         elapsed = time.perf_counter() - self.started
         self._progress.update(self._bar, advance=n, rate=self.processed / elapsed, failed=self.failures.count)
@@ -97,7 +101,8 @@ class OutcomeWriter:
 
     def counts(self) -> StreamCounts:
         return StreamCounts(predicted=self.predicted, processed=self.processed, stopped=self.stopped,
-                            wall_s=time.perf_counter() - self.started)
+                            wall_s=time.perf_counter() - self.started,
+                            first_s=(self.first_at or self.started) - self.started)
 
     def __enter__(self) -> OutcomeWriter:
         self._progress.start()
