@@ -41,6 +41,7 @@ from vlmopt.alternatives.zero_shot import DEFAULT_TEMPLATES, check_templates, cl
 from vlmopt.config import ConfigError, ModelConfig, TaskConfig
 from vlmopt.datasets import LoadedSplits, load_splits
 from vlmopt.reports.run_dir import RunDir
+from vlmopt.serving.model_path import check_model_path
 
 ZERO_SHOT, LINEAR_PROBE = "zero-shot", "linear-probe"
 HEAD_BYTES = 4  # class embeddings and probe weights are float32
@@ -100,6 +101,7 @@ def _check(cfg: TaskConfig, settings: BaselineSettings) -> None:
     if not (settings.zero_shot or settings.probe):
         raise ConfigError("nothing to run: keep the zero-shot baseline or add --probe")
     check_templates(settings.templates)
+    check_model_path(settings.model)  # a wrong path fails before the dataset loads
 
 
 def run_baselines(cfg: TaskConfig, settings: BaselineSettings, *, console: Console | None = None) -> BaselineOutcome:

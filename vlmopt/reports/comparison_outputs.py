@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from rich import box
 from rich.table import Table
 
 from vlmopt.reports.run_comparison import ComparedRun
@@ -60,6 +61,7 @@ class Column:
     """A column: its header, its raw value (CSV), and how it reads (table, page, markdown)."""
 
     header: str
+    key: str  # the CSV's column name
     value: Callable[[ComparedRun], Any]
     text: Callable[[ComparedRun], str] | None = None  # default: the value with ``fmt``
     fmt: str | Callable[[Any], str] = "{}"
@@ -75,23 +77,23 @@ def _formatted(column: Column, run: ComparedRun) -> str:
 
 
 COLUMNS = (
-    Column("run", lambda r: r.label),
-    Column("model", lambda r: _model_name(r.model)),
-    Column("n test", lambda r: r.metrics["n"]),
-    Column("accuracy (95% CI)", lambda r: r.metrics["accuracy"], _accuracy),
-    Column("macro-F1", lambda r: r.metrics.get("macro_f1"), fmt="{:.3f}"),
-    Column("ECE", lambda r: r.metrics.get("ece"), fmt="{:.3f}"),
-    Column("latency / image", lambda r: r.latency_ms_per_image, fmt="{:.1f} ms"),
-    Column("parameters", lambda r: r.parameters, fmt=_count),
-    Column("model calls", lambda r: r.metrics.get("model_calls"), fmt=_count),
-    Column("wall", lambda r: r.metrics.get("wall_s"), fmt=_seconds),
-    Column("path", lambda r: str(r.path)),
+    Column("run", "run", lambda r: r.label),
+    Column("model", "model", lambda r: _model_name(r.model)),
+    Column("n", "n", lambda r: r.metrics["n"]),
+    Column("accuracy", "accuracy", lambda r: r.metrics["accuracy"], _accuracy),
+    Column("F1", "macro_f1", lambda r: r.metrics.get("macro_f1"), fmt="{:.3f}"),
+    Column("ECE", "ece", lambda r: r.metrics.get("ece"), fmt="{:.3f}"),
+    Column("ms/img", "latency_ms_per_image", lambda r: r.latency_ms_per_image, fmt="{:.1f}"),
+    Column("params", "parameters", lambda r: r.parameters, fmt=_count),
+    Column("calls", "model_calls", lambda r: r.metrics.get("model_calls"), fmt=_count),
+    Column("wall", "wall_s", lambda r: r.metrics.get("wall_s"), fmt=_seconds),
+    Column("path", "path", lambda r: str(r.path)),
 )
 CSV_EXTRA = {"accuracy_ci_low": lambda r: _ci(r, "low"), "accuracy_ci_high": lambda r: _ci(r, "high"),
              "method": lambda r: r.method, "split": lambda r: r.split, "split_fingerprint": lambda r: r.fingerprint}
-CAPTION = ("same test images in every row · latency: per image of a batch for CLIP-style models, per request "
-           "(with requests in flight at once) for VLMs · model calls and wall: the whole run (search, training "
-           "and scoring) · '-': the run did not record it")
+CAPTION = ("same test images in every row · accuracy [95% bootstrap interval] · F1: macro-F1 · ms/img: per "
+           "image of a batch for CLIP-style models, per request (several in flight) for VLMs · params: what "
+           "inference runs · calls and wall: the whole run (search or training, and scoring) · '-': not recorded")
 
 
 def _flag(run: ComparedRun, notes: dict[Path, str]) -> str:
@@ -99,21 +101,21 @@ def _flag(run: ComparedRun, notes: dict[Path, str]) -> str:
 
 
 def rich_table(runs: list[ComparedRun], notes: dict[Path, str] | None = None) -> Table:
-    """The terminal table (without the path column); flagged rows end in ``(!)``."""
+    """The terminal table (model and path are in the files); flagged rows end in ``(!)``."""
     notes = notes or {}
-    table = Table(title="test split: every classifier on the same images", caption=CAPTION)
-    shown = [c for c in COLUMNS if c.header != "path"]
-    for column in shown:
-        table.add_column(column.header, justify="left" if column.header in ("run", "model") else "right")
+    table = Table(title="test split: every classifier on the same images", caption=CAPTION, box=box.SIMPLE_HEAD)
+    shown = [c for c in COLUMNS if c.header not in ("model", "path")]
+    for column in shown:  # a narrow terminal folds names (never cuts them); the interval takes a second line
+        table.add_column(column.header, justify="left" if column.header == "run" else "right", overflow="fold")
     for run in runs:
-        cells = [_formatted(c, run) for c in shown]
+        cells = [_formatted(c, run).replace(" [", "\n[") for c in shown]
         table.add_row(cells[0] + _flag(run, notes), *cells[1:])
     return table
 
 
 def comparison_frame(runs: list[ComparedRun]) -> pd.DataFrame:
     """The raw numbers, one row per run (the CSV)."""
-    columns = {c.header: c.value for c in COLUMNS} | CSV_EXTRA
+    columns = {c.key: c.value for c in COLUMNS} | CSV_EXTRA
     return pd.DataFrame([{name: get(run) for name, get in columns.items()} for run in runs])
 
 
