@@ -40,10 +40,13 @@ def tiny_clip_dirs(tmp_path_factory) -> dict:
 
 
 def shapes_config(data_folder, root, **run) -> TaskConfig:
-    return TaskConfig(name="shapes", seed=1, dataset={"source": str(data_folder), "kind": "imagefolder",
-                                                      "max_image_side": 64},
-                      task={"labels": LABELS},
-                      run={"output_dir": str(root / "runs"), "cache_dir": str(root / "cache"), **run})
+    return TaskConfig(
+        name="shapes",
+        seed=1,
+        dataset={"source": str(data_folder), "kind": "imagefolder", "max_image_side": 64},
+        task={"labels": LABELS},
+        run={"output_dir": str(root / "runs"), "cache_dir": str(root / "cache"), **run},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +54,10 @@ def baseline_runs(tiny_clip_dirs, synthetic_data, tmp_path_factory):
     """Zero-shot + probe per family on the synthetic shapes (6 train, 12 val, 12 test)."""
     root = tmp_path_factory.mktemp("baseline-runs")
     cfg = shapes_config(synthetic_data.folder, root)
-    return {family: run_baselines(cfg, BaselineSettings(model=str(path), probe=True, templates=TEMPLATES))
-            for family, path in tiny_clip_dirs.items()}, cfg
+    return {
+        family: run_baselines(cfg, BaselineSettings(model=str(path), probe=True, templates=TEMPLATES))
+        for family, path in tiny_clip_dirs.items()
+    }, cfg
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -73,12 +78,15 @@ def test_zero_shot_probabilities_sum_to_one_and_equal_a_hand_computation(family,
     from transformers import AutoModel, AutoProcessor
 
     model_dir = tiny_clip_dirs[family]
-    images = [dspy_image_to_pil(ex.image) for ex in load_splits(shapes_config(synthetic_data.folder,
-                                                                              model_dir.parent)).test[:5]]
+    images = [
+        dspy_image_to_pil(ex.image)
+        for ex in load_splits(shapes_config(synthetic_data.folder, model_dir.parent)).test[:5]
+    ]
     encoder = ContrastiveEncoder.load(str(model_dir), device="cpu")
     features, seconds = encoder.encode_images(images, batch_size=2)
-    probs = label_probabilities(features, class_embeddings(encoder, LABELS, TEMPLATES),
-                                scale=encoder.logit_scale, bias=encoder.logit_bias)
+    probs = label_probabilities(
+        features, class_embeddings(encoder, LABELS, TEMPLATES), scale=encoder.logit_scale, bias=encoder.logit_bias
+    )
     assert probs.shape == (5, 3) and np.allclose(probs.sum(axis=1), 1.0) and len(seconds) == 5
 
     model, processor = AutoModel.from_pretrained(model_dir).eval(), AutoProcessor.from_pretrained(model_dir)
@@ -112,11 +120,18 @@ def test_linear_probe_matches_a_hand_checked_sklearn_fit(baseline_runs, tiny_cli
     outcomes, cfg = baseline_runs
     splits = load_splits(cfg)  # the project's seeded split, as the run used it (never a new one)
     model_dir = tiny_clip_dirs["clip"]
-    x = {name: hand_features(model_dir, [dspy_image_to_pil(ex.image) for ex in getattr(splits, name)])
-         for name in ("train", "val", "test")}
+    x = {
+        name: hand_features(model_dir, [dspy_image_to_pil(ex.image) for ex in getattr(splits, name)])
+        for name in ("train", "val", "test")
+    }
     y = {name: [ex.label for ex in getattr(splits, name)] for name in ("train", "val", "test")}
-    val_acc = {c: np.mean(LogisticRegression(C=c, max_iter=2000, random_state=1).fit(x["train"], y["train"])
-                          .predict(x["val"]) == np.asarray(y["val"])) for c in C_GRID}
+    val_acc = {
+        c: np.mean(
+            LogisticRegression(C=c, max_iter=2000, random_state=1).fit(x["train"], y["train"]).predict(x["val"])
+            == np.asarray(y["val"])
+        )
+        for c in C_GRID
+    }
     best = max(val_acc.values())
     chosen = min(c for c in C_GRID if val_acc[c] == best)  # ties: the more regularised C
 
@@ -140,11 +155,19 @@ def test_every_method_writes_a_complete_run_directory(family, baseline_runs):
     outcome = outcomes[family]
     assert set(outcome.methods) == {ZERO_SHOT, LINEAR_PROBE}
     assert json.loads((outcome.run.path / "baseline.json").read_text())["methods"] == {
-        ZERO_SHOT: "zero_shot", LINEAR_PROBE: "linear_probe"}
+        ZERO_SHOT: "zero_shot",
+        LINEAR_PROBE: "linear_probe",
+    }
     for method in outcome.methods.values():
         path = method.run.path
-        for name in ("config.yaml", "predictions.jsonl", "metrics.json", "confusion.png", "report.html",
-                     "baseline.json"):
+        for name in (
+            "config.yaml",
+            "predictions.jsonl",
+            "metrics.json",
+            "confusion.png",
+            "report.html",
+            "baseline.json",
+        ):
             assert (path / name).is_file(), name
         metrics = json.loads((path / "metrics.json").read_text())
         rows = [PredictionRecord.from_json(line) for line in (path / "predictions.jsonl").read_text().splitlines()]
@@ -190,8 +213,13 @@ def test_a_rerun_reads_each_splits_embeddings_from_the_cache(tiny_clip_dirs, syn
     stamps = [p.stat().st_mtime_ns for p in cached]
     second = run_baselines(cfg, settings)
     assert [p.stat().st_mtime_ns for p in cached] == stamps  # read, not rewritten
-    read = [[json.loads(line)["probabilities"] for line in (o.methods[ZERO_SHOT].run.path / "predictions.jsonl")
-             .read_text().splitlines()] for o in (first, second)]
+    read = [
+        [
+            json.loads(line)["probabilities"]
+            for line in (o.methods[ZERO_SHOT].run.path / "predictions.jsonl").read_text().splitlines()
+        ]
+        for o in (first, second)
+    ]
     assert read[0] == read[1] and first.run.path != second.run.path
 
 
@@ -213,9 +241,22 @@ def write_config(tmp_path, data_folder):
 
 def test_cli_baseline_writes_the_runs_and_prints_the_table(tiny_clip_dirs, synthetic_data, tmp_path):
     config = write_config(tmp_path, synthetic_data.folder)
-    result = runner.invoke(app, ["baseline", str(config), "--clip", str(tiny_clip_dirs["clip"]), "--probe",
-                                 "--template", "a photo of a {}.", "--batch-size", "5"],
-                           env={"COLUMNS": "200"}, catch_exceptions=False)
+    result = runner.invoke(
+        app,
+        [
+            "baseline",
+            str(config),
+            "--clip",
+            str(tiny_clip_dirs["clip"]),
+            "--probe",
+            "--template",
+            "a photo of a {}.",
+            "--batch-size",
+            "5",
+        ],
+        env={"COLUMNS": "200"},
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("shapes-baseline-") and {p.name for p in run.iterdir()} >= {"zero_shot", "linear_probe"}
@@ -225,12 +266,15 @@ def test_cli_baseline_writes_the_runs_and_prints_the_table(tiny_clip_dirs, synth
     assert details["templates"] == ["a photo of a {}."]
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["--clip", "/no/such/clip"], "does not exist; give a local model directory or a hub id"),
-    (["--template", "a photo"], "needs exactly one {} where the class name goes"),
-    (["--train-and-val"], "--train-and-val trains the linear probe: add --probe"),
-    (["--no-zero-shot"], "nothing to run: keep the zero-shot baseline or add --probe"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--clip", "/no/such/clip"], "does not exist; give a local model directory or a hub id"),
+        (["--template", "a photo"], "needs exactly one {} where the class name goes"),
+        (["--train-and-val"], "--train-and-val trains the linear probe: add --probe"),
+        (["--no-zero-shot"], "nothing to run: keep the zero-shot baseline or add --probe"),
+    ],
+)
 def test_cli_baseline_mistakes_are_one_line_and_exit_2(args, expected, tiny_clip_dirs, synthetic_data, tmp_path):
     config = write_config(tmp_path, synthetic_data.folder)
     clip = [] if "--clip" in args else ["--clip", str(tiny_clip_dirs["clip"])]

@@ -34,8 +34,16 @@ def cache_path(cache_dir: str | Path, encoder, split: str, ids: Sequence[str], m
     return Path(cache_dir) / "embeddings" / f"{split}-{digest}.npz"
 
 
-def embed_split(encoder, split: str, examples: Sequence[dspy.Example], *, cache_dir: str | Path, max_side: int,
-                batch_size: int = 32, console: Console | None = None) -> tuple[np.ndarray, np.ndarray]:
+def embed_split(
+    encoder,
+    split: str,
+    examples: Sequence[dspy.Example],
+    *,
+    cache_dir: str | Path,
+    max_side: int,
+    batch_size: int = 32,
+    console: Console | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(features (n, d), seconds per image (n,))`` for a split, from the cache when it holds them."""
     ids = [str(example.id) for example in examples]
     path = cache_path(cache_dir, encoder, split, ids, max_side)
@@ -44,11 +52,17 @@ def embed_split(encoder, split: str, examples: Sequence[dspy.Example], *, cache_
             if list(stored["ids"]) == ids:
                 return stored["features"], stored["seconds"]
     features, seconds = [], []
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]:.1f} img/s"), TimeRemainingColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f} img/s"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
         bar = progress.add_task(f"embed {split}", total=len(examples), rate=0.0)
         for start in range(0, len(examples), batch_size):  # decoded a batch at a time: memory stays flat
-            batch = [dspy_image_to_pil(example.image) for example in examples[start:start + batch_size]]
+            batch = [dspy_image_to_pil(example.image) for example in examples[start : start + batch_size]]
             batch_features, batch_seconds = encoder.encode_images(batch, batch_size=batch_size)
             features.append(batch_features)
             seconds.append(batch_seconds)

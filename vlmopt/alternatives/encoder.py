@@ -53,16 +53,18 @@ class ContrastiveEncoder:
     device: torch.device
 
     @classmethod
-    def load(cls, model_id: str, *, revision: str | None = None, device: str = "auto",
-             dtype: str = "auto") -> ContrastiveEncoder:
+    def load(
+        cls, model_id: str, *, revision: str | None = None, device: str = "auto", dtype: str = "auto"
+    ) -> ContrastiveEncoder:
         """Find and load ``model_id``; a checkpoint without image and text embeddings is refused by name."""
         from transformers import AutoModel, AutoProcessor
 
         source = locate_model(model_id, revision)
         target = resolve_device(device)
         model = AutoModel.from_pretrained(source.path, dtype=resolve_dtype(dtype, target))
-        missing = [name for name in ("get_image_features", "get_text_features", "logit_scale")
-                   if not hasattr(model, name)]
+        missing = [
+            name for name in ("get_image_features", "get_text_features", "logit_scale") if not hasattr(model, name)
+        ]
         if missing:
             raise BaselineModelError(
                 f"{model_id!r} loads as {type(model).__name__}, which has no {', '.join(missing)}: --clip needs a "
@@ -108,7 +110,7 @@ class ContrastiveEncoder:
         """
         features, seconds = [], []
         for start in range(0, len(images), batch_size):
-            batch = [image.convert("RGB") for image in images[start:start + batch_size]]
+            batch = [image.convert("RGB") for image in images[start : start + batch_size]]
             began = time.perf_counter()
             inputs = self.processor(images=batch, return_tensors="pt").to(self.device)
             embedded = self.model.get_image_features(**inputs).pooler_output

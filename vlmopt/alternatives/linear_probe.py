@@ -68,18 +68,31 @@ class ProbeFit:
         return int(self.model.coef_.size + self.model.intercept_.size)
 
     def summary(self) -> dict:
-        return {"C": self.C, "val_accuracy_by_C": self.val_accuracy_by_C, "trained_on": self.trained_on,
-                "n_train": self.n_train, "fit_s": self.fit_s, "max_iter": MAX_ITER,
-                "n_iter": [int(n) for n in np.atleast_1d(self.model.n_iter_)]}
+        return {
+            "C": self.C,
+            "val_accuracy_by_C": self.val_accuracy_by_C,
+            "trained_on": self.trained_on,
+            "n_train": self.n_train,
+            "fit_s": self.fit_s,
+            "max_iter": MAX_ITER,
+            "n_iter": [int(n) for n in np.atleast_1d(self.model.n_iter_)],
+        }
 
 
 def _fit(x: np.ndarray, y: Sequence[str], C: float, seed: int):
     return _logistic_regression()(C=C, max_iter=MAX_ITER, random_state=seed).fit(x, list(y))
 
 
-def fit_probe(train_x: np.ndarray, train_y: Sequence[str], labels: Sequence[str], *,
-              val: tuple[np.ndarray, Sequence[str]] | None = None, train_and_val: bool = False,
-              C: float | None = None, seed: int = 0) -> ProbeFit:
+def fit_probe(
+    train_x: np.ndarray,
+    train_y: Sequence[str],
+    labels: Sequence[str],
+    *,
+    val: tuple[np.ndarray, Sequence[str]] | None = None,
+    train_and_val: bool = False,
+    C: float | None = None,
+    seed: int = 0,
+) -> ProbeFit:
     """Fit the probe under the protocol in the module docstring.
 
     ``val`` is required with ``train_and_val`` (it becomes training data) and used for choosing C

@@ -30,32 +30,53 @@ from vlmopt.reports.plots import plot_confusion_matrix
 from vlmopt.reports.run_dir import METRICS, RunDir
 
 
-def probability_records(examples: Sequence[dspy.Example], probabilities: np.ndarray, labels: Sequence[str],
-                        seconds: Sequence[float]) -> list[PredictionRecord]:
+def probability_records(
+    examples: Sequence[dspy.Example], probabilities: np.ndarray, labels: Sequence[str], seconds: Sequence[float]
+) -> list[PredictionRecord]:
     """One row per example: the most probable label, its probability as confidence, the distribution."""
     records = []
     for example, row, spent in zip(examples, probabilities, seconds, strict=True):
         distribution = {label: float(p) for label, p in zip(labels, row, strict=True)}
         predicted = labels[int(np.argmax(row))]
-        records.append(PredictionRecord(
-            id=str(example.id), gold=example.label, predicted=predicted, valid=True,
-            confidence=min(1.0, distribution[predicted]), probabilities=distribution, latency_s=float(spent),
-            image_ref=example.get("image_ref"), thumbnail=thumbnail_uri(example.image),
-        ))
+        records.append(
+            PredictionRecord(
+                id=str(example.id),
+                gold=example.label,
+                predicted=predicted,
+                valid=True,
+                confidence=min(1.0, distribution[predicted]),
+                probabilities=distribution,
+                latency_s=float(spent),
+                image_ref=example.get("image_ref"),
+                thumbnail=thumbnail_uri(example.image),
+            )
+        )
     return records
 
 
 def split_metrics(records: Sequence[PredictionRecord], split: str, splits: LoadedSplits, seed: int) -> dict[str, Any]:
     """The standard summary of one split's rows, with the split bookkeeping a VLM run's carries."""
     metrics = compute_metrics(records, output_kind="single_label", labels=splits.labels, seed=seed)
-    metrics.update(n_failed=0, split=split, split_sizes=splits.sizes(), n_skipped=len(splits.skipped),
-                   split_fingerprint=splits.fingerprint)
+    metrics.update(
+        n_failed=0,
+        split=split,
+        split_sizes=splits.sizes(),
+        n_skipped=len(splits.skipped),
+        split_fingerprint=splits.fingerprint,
+    )
     return metrics
 
 
-def write_method_run(parent: RunDir, name: str, cfg: TaskConfig, records: Sequence[PredictionRecord], *,
-                     splits: LoadedSplits, extra: dict[str, Any],
-                     files: dict[str, Any] | None = None) -> tuple[RunDir, dict[str, Any]]:
+def write_method_run(
+    parent: RunDir,
+    name: str,
+    cfg: TaskConfig,
+    records: Sequence[PredictionRecord],
+    *,
+    splits: LoadedSplits,
+    extra: dict[str, Any],
+    files: dict[str, Any] | None = None,
+) -> tuple[RunDir, dict[str, Any]]:
     """A finished run directory ``<parent>/<name>/`` for one method's test rows; returns it and its metrics.
 
     ``cfg`` is the config as this method ran it (its ``model`` is the contrastive model);

@@ -79,16 +79,28 @@ class BaselineOutcome:
 class _Embeddings:
     """Each split's image embeddings, computed (or read from the cache) the first time a method needs them."""
 
-    def __init__(self, encoder: ContrastiveEncoder, splits: LoadedSplits, cfg: TaskConfig, batch_size: int,
-                 console: Console | None):
+    def __init__(
+        self,
+        encoder: ContrastiveEncoder,
+        splits: LoadedSplits,
+        cfg: TaskConfig,
+        batch_size: int,
+        console: Console | None,
+    ):
         self._encoder, self._splits, self._cfg, self._batch, self._console = encoder, splits, cfg, batch_size, console
         self._done: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __call__(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         if split not in self._done:
             self._done[split] = embed_split(
-                self._encoder, split, getattr(self._splits, split), cache_dir=self._cfg.run.cache_dir,
-                max_side=self._cfg.dataset.max_image_side, batch_size=self._batch, console=self._console)
+                self._encoder,
+                split,
+                getattr(self._splits, split),
+                cache_dir=self._cfg.run.cache_dir,
+                max_side=self._cfg.dataset.max_image_side,
+                batch_size=self._batch,
+                console=self._console,
+            )
         return self._done[split]
 
     def seconds(self, *names: str) -> float:
@@ -113,27 +125,41 @@ def run_baselines(cfg: TaskConfig, settings: BaselineSettings, *, console: Conso
     for skip in splits.skipped:
         run.append_failure(skip.id, "image", f"{skip.reason}: {skip.message}")
     started = time.perf_counter()
-    encoder = ContrastiveEncoder.load(settings.model, revision=settings.revision, device=settings.device,
-                                      dtype=settings.dtype)
+    encoder = ContrastiveEncoder.load(
+        settings.model, revision=settings.revision, device=settings.device, dtype=settings.dtype
+    )
     load_s = time.perf_counter() - started
-    method_cfg = cfg.model_copy(update={
-        "model": ModelConfig(id=settings.model, revision=settings.revision, device=settings.device)})
+    method_cfg = cfg.model_copy(
+        update={"model": ModelConfig(id=settings.model, revision=settings.revision, device=settings.device)}
+    )
     embeddings = _Embeddings(encoder, splits, cfg, settings.batch_size, console)
     counts = encoder.parameter_counts()
-    common = {"model": settings.model, "model_fingerprint": encoder.source.fingerprint, "family": encoder.family,
-              "device": str(encoder.device), "batch_size": settings.batch_size,
-              "checkpoint_parameters": counts["total"]}
+    common = {
+        "model": settings.model,
+        "model_fingerprint": encoder.source.fingerprint,
+        "family": encoder.family,
+        "device": str(encoder.device),
+        "batch_size": settings.batch_size,
+        "checkpoint_parameters": counts["total"],
+    }
     outcome = BaselineOutcome(run)
     if settings.zero_shot:
-        outcome.methods[ZERO_SHOT] = _zero_shot(run, method_cfg, splits, encoder, embeddings, settings,
-                                                {**common, "load_s": load_s})
+        outcome.methods[ZERO_SHOT] = _zero_shot(
+            run, method_cfg, splits, encoder, embeddings, settings, {**common, "load_s": load_s}
+        )
     if settings.probe:
-        outcome.methods[LINEAR_PROBE] = _linear_probe(run, method_cfg, splits, encoder, embeddings, settings,
-                                                      {**common, "load_s": load_s})
-    run.write_json("baseline.json", {
-        "settings": asdict(settings), **common, "load_s": load_s,
-        "methods": {name: m.run.path.name for name, m in outcome.methods.items()},
-    })
+        outcome.methods[LINEAR_PROBE] = _linear_probe(
+            run, method_cfg, splits, encoder, embeddings, settings, {**common, "load_s": load_s}
+        )
+    run.write_json(
+        "baseline.json",
+        {
+            "settings": asdict(settings),
+            **common,
+            "load_s": load_s,
+            "methods": {name: m.run.path.name for name, m in outcome.methods.items()},
+        },
+    )
     return outcome
 
 
@@ -153,8 +179,9 @@ def _zero_shot(run, cfg, splits, encoder, embeddings, settings, common) -> Metho
     text_s = time.perf_counter() - started
     scale, bias = encoder.logit_scale, encoder.logit_bias
     val_x, val_s = embeddings("val")
-    val_records = probability_records(splits.val, label_probabilities(val_x, classes, scale=scale, bias=bias),
-                                      splits.labels, val_s)
+    val_records = probability_records(
+        splits.val, label_probabilities(val_x, classes, scale=scale, bias=bias), splits.labels, val_s
+    )
     test_x, test_s = embeddings("test")
     started = time.perf_counter()
     probs = label_probabilities(test_x, classes, scale=scale, bias=bias)
@@ -162,15 +189,29 @@ def _zero_shot(run, cfg, splits, encoder, embeddings, settings, common) -> Metho
     records = probability_records(splits.test, probs, splits.labels, test_s + head_s / len(test_s))
     val_metrics = split_metrics(val_records, "val", splits, cfg.seed)
     extra = {
-        "method": ZERO_SHOT, **common, **_cost(encoder, classes.size, test_s, head_s),
+        "method": ZERO_SHOT,
+        **common,
+        **_cost(encoder, classes.size, test_s, head_s),
         "model_calls": len(splits.labels) * len(settings.templates) + len(splits.val) + len(splits.test),
-        "train_s": text_s, "wall_s": common["load_s"] + text_s + embeddings.seconds("val", "test") + head_s,
+        "train_s": text_s,
+        "wall_s": common["load_s"] + text_s + embeddings.seconds("val", "test") + head_s,
         "val_accuracy": val_metrics["accuracy"],
     }
-    details = {"templates": list(settings.templates), "logit_scale": scale, "logit_bias": bias,
-               "probabilities": "softmax of exp(logit_scale) * cos + logit_bias over the classes"}
-    method_run, metrics = write_method_run(run, "zero_shot", cfg, records, splits=splits, extra=extra,
-                                           files={"val_metrics.json": val_metrics, "baseline.json": details})
+    details = {
+        "templates": list(settings.templates),
+        "logit_scale": scale,
+        "logit_bias": bias,
+        "probabilities": "softmax of exp(logit_scale) * cos + logit_bias over the classes",
+    }
+    method_run, metrics = write_method_run(
+        run,
+        "zero_shot",
+        cfg,
+        records,
+        splits=splits,
+        extra=extra,
+        files={"val_metrics.json": val_metrics, "baseline.json": details},
+    )
     return MethodOutcome(method_run, metrics, val_metrics)
 
 
@@ -180,8 +221,15 @@ def _linear_probe(run, cfg, splits, encoder, embeddings, settings, common) -> Me
     train_x, _ = embeddings("train")
     uses_val = settings.train_and_val or settings.C is None  # to train on, or to choose C
     val = (embeddings("val")[0], [ex.label for ex in splits.val]) if uses_val else None
-    fit = fit_probe(train_x, [ex.label for ex in splits.train], splits.labels, val=val,
-                    train_and_val=settings.train_and_val, C=settings.C, seed=cfg.seed)
+    fit = fit_probe(
+        train_x,
+        [ex.label for ex in splits.train],
+        splits.labels,
+        val=val,
+        train_and_val=settings.train_and_val,
+        C=settings.C,
+        seed=cfg.seed,
+    )
     embedded = ("train", "val", "test") if uses_val else ("train", "test")
     test_x, test_s = embeddings("test")
     started = time.perf_counter()
@@ -189,11 +237,15 @@ def _linear_probe(run, cfg, splits, encoder, embeddings, settings, common) -> Me
     head_s = time.perf_counter() - started
     records = probability_records(splits.test, probs, splits.labels, test_s + head_s / len(test_s))
     extra = {
-        "method": LINEAR_PROBE, **common, **_cost(encoder, fit.parameters, test_s, head_s),
-        "model_calls": sum(len(getattr(splits, name)) for name in embedded), "train_s": fit.fit_s,
+        "method": LINEAR_PROBE,
+        **common,
+        **_cost(encoder, fit.parameters, test_s, head_s),
+        "model_calls": sum(len(getattr(splits, name)) for name in embedded),
+        "train_s": fit.fit_s,
         "wall_s": common["load_s"] + embeddings.seconds(*embedded) + fit.fit_s + head_s,
         "probe": fit.summary(),
     }
-    method_run, metrics = write_method_run(run, "linear_probe", cfg, records, splits=splits, extra=extra,
-                                           files={"baseline.json": fit.summary()})
+    method_run, metrics = write_method_run(
+        run, "linear_probe", cfg, records, splits=splits, extra=extra, files={"baseline.json": fit.summary()}
+    )
     return MethodOutcome(method_run, metrics)

@@ -48,8 +48,9 @@ def check_templates(templates: Sequence[str]) -> list[str]:
         raise TemplateError("give at least one --template, e.g. 'a photo of a {}.'")
     for template in templates:
         if template.count("{}") != 1:
-            raise TemplateError(f"template {template!r} needs exactly one {{}} where the class name goes, "
-                                "e.g. 'a photo of a {}.'")
+            raise TemplateError(
+                f"template {template!r} needs exactly one {{}} where the class name goes, e.g. 'a photo of a {{}}.'"
+            )
     return list(templates)
 
 
@@ -87,7 +88,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def label_probabilities(image_features: np.ndarray, classes: np.ndarray, *, scale: float,
-                        bias: float = 0.0) -> np.ndarray:
+def label_probabilities(
+    image_features: np.ndarray, classes: np.ndarray, *, scale: float, bias: float = 0.0
+) -> np.ndarray:
     """``(n, k)`` label distributions (rows sum to 1) for either family; see the module docstring."""
     return softmax(zero_shot_logits(image_features, classes, scale=scale, bias=bias))

@@ -89,11 +89,18 @@ COLUMNS = (
     Column("wall", "wall_s", lambda r: r.metrics.get("wall_s"), fmt=_seconds),
     Column("path", "path", lambda r: str(r.path)),
 )
-CSV_EXTRA = {"accuracy_ci_low": lambda r: _ci(r, "low"), "accuracy_ci_high": lambda r: _ci(r, "high"),
-             "method": lambda r: r.method, "split": lambda r: r.split, "split_fingerprint": lambda r: r.fingerprint}
-CAPTION = ("same test images in every row · accuracy [95% bootstrap interval] · F1: macro-F1 · ms/img: per "
-           "image of a batch for CLIP-style models, per request (several in flight) for VLMs · params: what "
-           "inference runs · calls and wall: the whole run (search or training, and scoring) · '-': not recorded")
+CSV_EXTRA = {
+    "accuracy_ci_low": lambda r: _ci(r, "low"),
+    "accuracy_ci_high": lambda r: _ci(r, "high"),
+    "method": lambda r: r.method,
+    "split": lambda r: r.split,
+    "split_fingerprint": lambda r: r.fingerprint,
+}
+CAPTION = (
+    "same test images in every row · accuracy [95% bootstrap interval] · F1: macro-F1 · ms/img: per "
+    "image of a batch for CLIP-style models, per request (several in flight) for VLMs · params: what "
+    "inference runs · calls and wall: the whole run (search or training, and scoring) · '-': not recorded"
+)
 
 
 def _flag(run: ComparedRun, notes: dict[Path, str]) -> str:
@@ -123,8 +130,7 @@ def markdown_table(runs: list[ComparedRun], notes: dict[Path, str] | None = None
     """A GitHub pipe table of the formatted cells (``|`` in a cell escaped)."""
     notes = notes or {}
     rows = [[c.header for c in COLUMNS]]
-    rows += [[_formatted(c, run) + (_flag(run, notes) if c.header == "run" else "") for c in COLUMNS]
-             for run in runs]
+    rows += [[_formatted(c, run) + (_flag(run, notes) if c.header == "run" else "") for c in COLUMNS] for run in runs]
     lines = ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("---" for _ in COLUMNS) + "|")
     notes_text = "".join(f"\n(!) {note}" for note in notes.values())
@@ -138,7 +144,8 @@ def comparison_html(runs: list[ComparedRun], notes: dict[Path, str] | None = Non
     notes = notes or {}
     rows = [{"cells": [_formatted(c, run) for c in COLUMNS], "flagged": run.path in notes} for run in runs]
     return _env.get_template("comparison.html.j2").render(
-        headers=[c.header for c in COLUMNS], rows=rows, caption=CAPTION, notes=list(notes.values()))
+        headers=[c.header for c in COLUMNS], rows=rows, caption=CAPTION, notes=list(notes.values())
+    )
 
 
 def write_comparison(runs: list[ComparedRun], notes: dict[Path, str], out_dir: str | Path) -> dict[str, Path]:

@@ -147,23 +147,30 @@ def runs_in(path: str | Path) -> list[ComparedRun]:
         children = sorted(child for child in path.iterdir() if (child / METRICS).is_file())
         if children:
             rows = [row for child in children for row in runs_in(child)]
-            return sorted(rows, key=lambda row: list(METHOD_LABELS).index(row.method)
-                          if row.method in METHOD_LABELS else len(METHOD_LABELS))
+            return sorted(
+                rows,
+                key=lambda row: (
+                    list(METHOD_LABELS).index(row.method) if row.method in METHOD_LABELS else len(METHOD_LABELS)
+                ),
+            )
     run = RunDir.open(path)  # a NotARunDir naming what a run directory holds
     metrics, config = _read_json(run.path / METRICS), _config(run.path)
     if not (run.path / BASELINE_METRICS).is_file():
         return [_row(run.path, metrics, "prompt", run.path, config)]
     baseline = _read_json(run.path / BASELINE_METRICS)
-    return [_row(run.path / "baseline", baseline, "prompt-baseline", run.path / "baseline", config),
-            _row(run.path, metrics, "prompt-optimized", run.path, config)]
+    return [
+        _row(run.path / "baseline", baseline, "prompt-baseline", run.path / "baseline", config),
+        _row(run.path, metrics, "prompt-optimized", run.path, config),
+    ]
 
 
 def collect_runs(paths: Iterable[str | Path]) -> list[ComparedRun]:
     """Every row of every path, in the order given; an empty result is a ``NotARunDir``."""
     rows = [row for path in paths for row in runs_in(path)]
     if not rows:
-        raise NotARunDir("no runs to compare: give run directories that `vlmopt evaluate`, `optimize` or "
-                         "`baseline` wrote")
+        raise NotARunDir(
+            "no runs to compare: give run directories that `vlmopt evaluate`, `optimize` or `baseline` wrote"
+        )
     return rows
 
 
@@ -174,8 +181,10 @@ def _difference(ref: ComparedRun, other: ComparedRun) -> str | None:
     if ref.test_ids != other.test_ids:
         only_ref, only_other = sorted(ref.test_ids - other.test_ids), sorted(other.test_ids - ref.test_ids)
         example = (only_other or only_ref)[0]
-        return (f"{len(other.test_ids)} images against {len(ref.test_ids)}, {len(only_other)} only in it and "
-                f"{len(only_ref)} only in the first run (e.g. {example!r})")
+        return (
+            f"{len(other.test_ids)} images against {len(ref.test_ids)}, {len(only_other)} only in it and "
+            f"{len(only_ref)} only in the first run (e.g. {example!r})"
+        )
     if ref.fingerprint and other.fingerprint and ref.fingerprint != other.fingerprint:
         return "the same test images, but split fingerprints differ (another seed or dataset for train/val)"
     return None
@@ -189,10 +198,13 @@ def check_same_test_set(runs: list[ComparedRun], *, allow: bool = False) -> dict
         why = _difference(runs[0], other)
         if why is None:
             continue
-        message = (f"{other.path} ({other.label}) did not score the same test set as {runs[0].path} "
-                   f"({runs[0].label}): {why}")
+        message = (
+            f"{other.path} ({other.label}) did not score the same test set as {runs[0].path} ({runs[0].label}): {why}"
+        )
         if not allow:
-            raise SplitMismatch(f"{message}. Compare runs of one config (same dataset, seed and splits), or pass "
-                                "--allow-different-splits to show them flagged")
+            raise SplitMismatch(
+                f"{message}. Compare runs of one config (same dataset, seed and splits), or pass "
+                "--allow-different-splits to show them flagged"
+            )
         notes[other.path] = message
     return notes

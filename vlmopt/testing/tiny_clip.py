@@ -47,15 +47,28 @@ def _clip(out_dir: Path, seed: int) -> tuple:
     raw.post_processor = processors.TemplateProcessing(
         single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)]
     )
-    tokenizer = wrap_tokenizer(raw, "", bos_token="<|startoftext|>", eos_token="<|endoftext|>",
-                               pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tokenizer = wrap_tokenizer(
+        raw,
+        "",
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
     tokenizer.padding_side = "right"
     tokenizer.model_max_length = TEXT_LENGTH
-    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIDE},
-                                         crop_size={"height": IMAGE_SIDE, "width": IMAGE_SIDE})
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIDE}, crop_size={"height": IMAGE_SIDE, "width": IMAGE_SIDE}
+    )
     config = CLIPConfig(
-        text_config={**_TOWER, "vocab_size": len(tokenizer), "max_position_embeddings": TEXT_LENGTH,
-                     "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": eos},
+        text_config={
+            **_TOWER,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": TEXT_LENGTH,
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+            "pad_token_id": eos,
+        },
         vision_config={**_TOWER, "image_size": IMAGE_SIDE, "patch_size": 8},
         projection_dim=16,
     )
@@ -71,9 +84,15 @@ def _siglip(out_dir: Path, seed: int) -> tuple:
     tokenizer.model_max_length = TEXT_LENGTH
     image_processor = SiglipImageProcessor(size={"height": IMAGE_SIDE, "width": IMAGE_SIDE})
     config = SiglipConfig(
-        text_config={**_TOWER, "vocab_size": len(tokenizer), "max_position_embeddings": TEXT_LENGTH,
-                     "pad_token_id": eos, "eos_token_id": eos, "bos_token_id": eos,
-                     "projection_size": 32},
+        text_config={
+            **_TOWER,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": TEXT_LENGTH,
+            "pad_token_id": eos,
+            "eos_token_id": eos,
+            "bos_token_id": eos,
+            "projection_size": 32,
+        },
         vision_config={**_TOWER, "image_size": IMAGE_SIDE, "patch_size": 8},
     )
     return config, SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
