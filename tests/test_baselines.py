@@ -281,3 +281,30 @@ def test_cli_baseline_mistakes_are_one_line_and_exit_2(args, expected, tiny_clip
     result = runner.invoke(app, ["baseline", str(config), *clip, *args], catch_exceptions=False)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert expected in " ".join(result.output.split())
+
+
+def test_report_puts_an_evaluate_run_and_the_baselines_of_one_config_in_one_table(
+    tiny_clip_dirs, tiny_idefics3_dir, synthetic_data, tmp_path
+):
+    """The real path: `evaluate` on a tiny VLM and `baseline` on the same config score the same test images."""
+    cfg = shapes_config(synthetic_data.folder, tmp_path).model_dump()
+    cfg["model"] = {"id": str(tiny_idefics3_dir), "max_new_tokens": 16}
+    config = tmp_path / "shapes.yaml"
+    config.write_text(TaskConfig.model_validate(cfg).model_dump_yaml())
+    assert runner.invoke(app, ["evaluate", str(config)], catch_exceptions=False).exit_code == 0
+    (evaluated,) = (tmp_path / "runs").iterdir()
+    clip = ["baseline", str(config), "--clip", str(tiny_clip_dirs["siglip"]), "--probe"]
+    assert runner.invoke(app, clip, catch_exceptions=False).exit_code == 0
+    (baselines,) = (p for p in (tmp_path / "runs").iterdir() if p != evaluated)
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    assert metrics["method"] == "prompt" and metrics["model_calls"] == 12 and metrics["wall_s"] > 0
+    probe = json.loads((baselines / "linear_probe" / "metrics.json").read_text())
+    assert metrics["split_fingerprint"] == probe["split_fingerprint"] == load_splits(TaskConfig(**cfg)).fingerprint
+
+    out = tmp_path / "cmp"
+    result = runner.invoke(
+        app, ["report", str(evaluated), str(baselines), "-o", str(out)], env={"COLUMNS": "200"}, catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    rows = (out / "comparison.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["prompt", "SigLIP zero-shot", "SigLIP linear probe"]
