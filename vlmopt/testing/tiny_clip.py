@@ -38,7 +38,15 @@ IMAGE_SIDE = 32
 TEXT_LENGTH = 32
 _TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 _CORPUS = ("a photo of a", "a picture of a", "an image of a", "a drawing of a", "a photo of the number")
+_VISION_TOWER = {**_TOWER, "image_size": IMAGE_SIDE, "patch_size": 8}
 FAMILIES = ("clip", "siglip")
+
+
+def _text_tower(tokenizer, **ids) -> dict:
+    """The text tower's config; the tokenizer pads on the right to the tower's length, as both families'."""
+    tokenizer.padding_side = "right"
+    tokenizer.model_max_length = TEXT_LENGTH
+    return {**_TOWER, "vocab_size": len(tokenizer), "max_position_embeddings": TEXT_LENGTH, **ids}
 
 
 def _clip(out_dir: Path, seed: int) -> tuple:
@@ -55,21 +63,12 @@ def _clip(out_dir: Path, seed: int) -> tuple:
         pad_token="<|endoftext|>",
         unk_token="<|endoftext|>",
     )
-    tokenizer.padding_side = "right"
-    tokenizer.model_max_length = TEXT_LENGTH
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": IMAGE_SIDE}, crop_size={"height": IMAGE_SIDE, "width": IMAGE_SIDE}
     )
     config = CLIPConfig(
-        text_config={
-            **_TOWER,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": TEXT_LENGTH,
-            "bos_token_id": bos,
-            "eos_token_id": eos,
-            "pad_token_id": eos,
-        },
-        vision_config={**_TOWER, "image_size": IMAGE_SIDE, "patch_size": 8},
+        text_config=_text_tower(tokenizer, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos),
+        vision_config=_VISION_TOWER,
         projection_dim=16,
     )
     return config, CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
@@ -80,20 +79,10 @@ def _siglip(out_dir: Path, seed: int) -> tuple:
     eos = raw.token_to_id("</s>")
     raw.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
     tokenizer = wrap_tokenizer(raw, "", eos_token="</s>", pad_token="</s>", unk_token="<unk>")
-    tokenizer.padding_side = "right"
-    tokenizer.model_max_length = TEXT_LENGTH
     image_processor = SiglipImageProcessor(size={"height": IMAGE_SIDE, "width": IMAGE_SIDE})
     config = SiglipConfig(
-        text_config={
-            **_TOWER,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": TEXT_LENGTH,
-            "pad_token_id": eos,
-            "eos_token_id": eos,
-            "bos_token_id": eos,
-            "projection_size": 32,
-        },
-        vision_config={**_TOWER, "image_size": IMAGE_SIDE, "patch_size": 8},
+        text_config=_text_tower(tokenizer, pad_token_id=eos, eos_token_id=eos, bos_token_id=eos, projection_size=32),
+        vision_config=_VISION_TOWER,
     )
     return config, SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
