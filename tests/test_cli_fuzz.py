@@ -133,7 +133,8 @@ CASES = {
     # and more, tried as a new user
     "report-plain-folder": Case(lambda w: ["report", w.path("not-a-run")], ("not-a-run", "has no metrics.json")),
     "report-a-file": Case(lambda w: ["report", w.path("a-file.txt")], ("a-file.txt", "is a file")),
-    "report-three-runs": Case(lambda w: ["report", *[w.path("not-a-run")] * 3], ("one run directory, or two",)),
+    "report-three-non-runs": Case(lambda w: ["report", *[w.path("not-a-run")] * 3],
+                                  ("not-a-run", "has no metrics.json")),
     "folder-of-text-files": Case(
         lambda w: ["evaluate", w.config("text", dataset={"source": w.path("text-only")})], ("text-only", ".png")),
     "single-class-manifest": Case(

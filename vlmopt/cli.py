@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from vlmopt.cli_baseline import baseline
 from vlmopt.cli_choices import Backend, ExportFormat, Objective, Split
 from vlmopt.cli_errors import check_output_file, err_console, user_errors
 from vlmopt.config import ConfigError, TaskConfig, load_config
@@ -354,18 +355,45 @@ def export(
 @app.command()
 @user_errors
 def report(
-    runs: Annotated[list[Path], typer.Argument(help="One run directory, or two to compare.", show_default=False)],
+    runs: Annotated[list[Path], typer.Argument(
+        help="Run directories: one to rebuild its report.html; several (or a `baseline` run's folder) for one "
+        "table across them.", show_default=False,
+    )],
+    allow_different_splits: Annotated[bool, typer.Option(
+        "--allow-different-splits", help="Show runs that scored other test images, flagged, instead of refusing.",
+    )] = False,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Folder for comparison.html/.csv/.md (default: comparison-<timestamp>/ beside the "
+        "first run).",
+    )] = None,
 ) -> None:
-    """Rebuild a run's report.html; with two runs, write a comparison (which images flipped)."""
-    from vlmopt.reports.html import compare_runs, write_report
+    """Rebuild a run's report.html; with several runs, one table across them (terminal, HTML, CSV, markdown).
 
-    if len(runs) == 1:
-        path = write_report(runs[0])
-    elif len(runs) == 2:
-        path = compare_runs(runs[0], runs[1])
-    else:
-        raise ConfigError("report takes one run directory, or two to compare")
-    console.print(f"wrote [bold]{path}[/]")
+    The table has accuracy with its interval, macro-F1, ECE, latency per image, parameters, and
+    the run's cost (model calls, wall time), one row per classifier — an optimize run gives its
+    baseline and optimized prompts. Runs that scored different test images are refused. With two
+    runs, the page of which images flipped is written too.
+    """
+    from vlmopt.reports.html import compare_runs, write_report
+    from vlmopt.reports.run_dir import METRICS
+
+    if len(runs) == 1 and (runs[0] / METRICS).is_file():
+        console.print(f"wrote [bold]{write_report(runs[0])}[/]")
+        return
+    from vlmopt.reports.comparison_outputs import rich_table, write_comparison
+    from vlmopt.reports.run_comparison import check_same_test_set, collect_runs
+    from vlmopt.reports.run_dir import RunDir
+
+    compared = collect_runs(runs)
+    notes = check_same_test_set(compared, allow=allow_different_splits)
+    console.print(rich_table(compared, notes))
+    for note in notes.values():
+        console.print(f"[yellow](!)[/] {note}", soft_wrap=True)
+    out = output or RunDir.create(runs[0].parent, "comparison").path
+    for path in write_comparison(compared, notes, out).values():
+        console.print(f"wrote [bold]{path}[/]")
+    if len(runs) == 2 and all((run / METRICS).is_file() for run in runs):
+        console.print(f"wrote [bold]{compare_runs(runs[0], runs[1])}[/]")
 
 
 @app.command()
@@ -428,6 +456,9 @@ def demo(
     from vlmopt.demo import run_offline_demo
 
     run_offline_demo(workdir, console=console)
+
+
+app.command()(baseline)  # vlmopt/cli_baseline.py
 
 
 def main() -> None:  # pragma: no cover - console-script entry
