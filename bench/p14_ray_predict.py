@@ -1,4 +1,4 @@
-"""P13: ``predict --ray`` with N actors vs one process, on this machine: throughput and row-for-row agreement.
+"""P14: ``predict --ray`` with N actors vs one process, on this machine: throughput and row-for-row agreement.
 
 Both runs predict the same generated folder with the same artifact on the bench Idefics3
 (``vlmopt.testing.bench_vlm``, ~65 M parameters, in-process): one process with ``--num-threads``
@@ -13,8 +13,8 @@ On a machine of C cores, N actors of one core each split the cores instead of sh
 process's threads, so the ratio says what the Ray layer costs or gains on one host; across hosts
 each actor brings its own cores (or GPU: ``actor_gpus=1``), which is where Ray pays.
 
-    python bench/p13_ray_predict.py                         # 96 images, 2 actors
-    python bench/p13_ray_predict.py --images 192 --actors 2 --threads-per-actor 4
+    python bench/p14_ray_predict.py                         # 96 images, 2 actors
+    python bench/p14_ray_predict.py --images 192 --actors 2 --threads-per-actor 4
 """
 
 from __future__ import annotations
