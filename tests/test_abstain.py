@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from study_task import COLOURS, colour_of, centre, make_colour_folder, study_config
+from study_task import centre, colour_of, make_colour_folder, study_config
 from vlmopt.artifacts import ArtifactError, canonical_sha256, load_artifact
 from vlmopt.cli import app
 from vlmopt.config import ConfigError, parse_config

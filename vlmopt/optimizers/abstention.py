@@ -118,5 +118,5 @@ def abstention_notes(section: dict[str, Any], test: dict[str, Any], goal: dict[s
 
 
 def _goal_text(goal: dict[str, float]) -> str:
-    (name, value), = goal.items()
+    ((name, value),) = goal.items()
     return f"{name.replace('_', ' ')} {value:g}"

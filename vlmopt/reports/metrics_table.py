@@ -53,9 +53,9 @@ def summary_table(metrics: Mapping[str, Any], *, title: str = "Metrics") -> Tabl
 
     selective = metrics.get("selective")
     if selective:
+        rule = f"{selective['confidence']} < {selective['threshold']:.4g}"
         table.add_row("coverage (answered)", f"{selective['coverage']:.3f}",
-                      f"{selective['n_abstained']} abstained ({selective['confidence']} < {selective['threshold']:.4g}); "
-                      f"{_interval(selective['coverage_ci'])}")
+                      f"{selective['n_abstained']} abstained ({rule}); {_interval(selective['coverage_ci'])}")
         answered = selective["accuracy_answered"]
         table.add_row("accuracy on answered", "n/a" if answered is None else f"{answered:.3f}",
                       _interval(selective["accuracy_answered_ci"]))

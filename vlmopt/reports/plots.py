@@ -2,8 +2,9 @@
 
 They take the JSON shapes that :func:`~vlmopt.metrics.summary.compute_metrics` writes
 (``metrics["confusion"]``, ``metrics["calibration"]``) or that optimize writes
-(``abstention.json``), so a report can redraw them from the run's files alone. Figures are drawn on matplotlib's Agg canvas without pyplot: no global
-figure state, no display needed, safe from worker threads. The PNG is exactly
+(``abstention.json``), so a report can redraw them from the run's files alone. Figures are
+drawn on matplotlib's Agg canvas without pyplot: no global figure state, no display needed,
+safe from worker threads. The PNG is exactly
 ``figsize * dpi`` pixels (no tight bounding box), so reports can lay them out predictably.
 
 Example::
@@ -151,10 +152,9 @@ def plot_risk_coverage(
             ax.plot([at["coverage"]], [at["accuracy_answered"]], marker="o", markersize=8, color=colour,
                     markeredgecolor="black", linestyle="none")
     goal = abstention["goal"]
-    if "target_accuracy" in goal:
-        ax.axhline(goal["target_accuracy"], linestyle="--", color="grey", label=f"target accuracy {goal['target_accuracy']:g}")
-    else:
-        ax.axvline(goal["coverage"], linestyle="--", color="grey", label=f"target coverage {goal['coverage']:g}")
+    ((name, value),) = goal.items()
+    line = ax.axhline if name == "target_accuracy" else ax.axvline
+    line(value, linestyle="--", color="grey", label=f"{name.replace('_', ' ')} {value:g}")
     ax.set_xlim(0, 1.02)
     ax.set_xlabel("coverage (share of images answered)")
     ax.set_ylabel("accuracy on the answered")
