@@ -93,3 +93,13 @@ def test_the_artifact_keeps_the_other_label(with_other):
 def test_a_bad_other_label_is_named(task, says):
     with pytest.raises(ConfigError, match=says):
         parse_config({"dataset": {"source": "x"}, "task": task}, "task.yaml")
+
+
+def test_the_seed_task_config_has_the_adopted_label_and_abstains():
+    from pathlib import Path
+
+    from vlmopt.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "cats_vs_dogs_other.yaml")
+    assert cfg.task.labels == ["cat", "dog", "adopted"] and cfg.task.other_label == "adopted"
+    assert cfg.optimizer.abstain.target_accuracy == 0.99
