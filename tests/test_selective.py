@@ -50,3 +50,13 @@ def test_the_figures_at_a_threshold_count_answered_abstained_and_invalid_apart()
     assert m["accuracy_answered_ci"]["low"] <= 0.5 <= m["accuracy_answered_ci"]["high"]
     nothing = selective_metrics([True], [True], [True])
     assert nothing["accuracy_answered"] is None and nothing["accuracy_answered_ci"] is None
+
+
+def test_no_measured_distribution_on_val_is_a_one_line_error():
+    from vlmopt.config import AbstainConfig
+    from vlmopt.metrics.records import PredictionRecord
+    from vlmopt.optimizers.abstention import NothingToThreshold, choose_abstention
+
+    invalid = [PredictionRecord(id="a", gold="cat", predicted=None, valid=False)]
+    with pytest.raises(NothingToThreshold, match="backend.label_probabilities"):
+        choose_abstention(invalid, AbstainConfig(coverage=0.9))

@@ -24,11 +24,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from vlmopt.config import AbstainConfig
+from vlmopt.errors import VlmoptError
 from vlmopt.metrics.records import PredictionRecord
 from vlmopt.metrics.selective import CONFIDENCES, choose_threshold, confidence_of, risk_coverage
 
 RULE = ("answer iff confidence >= threshold, else abstain (the top label is kept as a suggestion); confidence "
         "of the label distribution P the decision was taken on: max_prob = max_k P(k), margin = P(top1) - P(top2)")
+
+
+class NothingToThreshold(VlmoptError, ValueError):
+    """No val prediction carries a measured label distribution, so no threshold can be chosen."""
 
 
 def goal_of(settings: AbstainConfig) -> dict[str, float]:
@@ -56,8 +61,8 @@ def _better(choice: dict[str, Any], goal: dict[str, float]) -> tuple:
 def choose_abstention(records: Sequence[PredictionRecord], settings: AbstainConfig) -> dict[str, Any]:
     """The abstention section (the program's and the artifact's) chosen on these (val) records.
 
-    Raises ValueError when no record carries a measured distribution: there is nothing to
-    threshold (the config's checks make that a backend without label probabilities).
+    Raises :class:`NothingToThreshold` when no record carries a measured distribution (every val
+    answer invalid, or a backend that measures none despite the config's checks).
     """
     goal = goal_of(settings)
     kinds = CONFIDENCES if settings.confidence == "auto" else (settings.confidence,)
@@ -66,7 +71,10 @@ def choose_abstention(records: Sequence[PredictionRecord], settings: AbstainConf
     for kind in kinds:
         values = confidences(records, kind)
         if all(v is None for v in values):
-            raise ValueError("no val prediction carries a measured label distribution: nothing to threshold")
+            raise NothingToThreshold(
+                "optimizer.abstain: no val prediction carries a measured label distribution (all invalid, or the "
+                "backend measured none), so no threshold can be chosen; check backend.label_probabilities"
+            )
         candidates[kind] = choose_threshold(values, correct, **goal)
     # max() keeps the first of equals: CONFIDENCES lists max_prob first
     kind = max(kinds, key=lambda k: _better(candidates[k], goal))
