@@ -128,7 +128,7 @@ def test_optimize_then_export_predict_report(tmp_path, tiny_idefics3_dir, synthe
     result = invoke("predict", str(images), "--artifact", str(artifact), "-o", str(out))
     assert result.exit_code == 1, result.output  # went through, but broken.jpg has no row
     lines = out.read_text().splitlines()
-    assert lines[0] == "id,label,confidence,valid,raw" and len(lines) == 4
+    assert lines[0] == "id,label,confidence,valid,raw,abstained,top_labels" and len(lines) == 4
     (failure,) = map(json.loads, (tmp_path / "preds.failures.jsonl").read_text().splitlines())
     assert failure["id"].endswith("broken.jpg") and failure["stage"] == "read"
     said = " ".join(result.output.split())  # rich wraps long lines at the runner's width

@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 import vlmopt.errors
 from vlmopt.artifacts import save_artifact
 from vlmopt.cli import app
-from vlmopt.cli_choices import Backend, ExportFormat, Objective, Split
-from vlmopt.config import BackendConfig, OptimizerConfig, TaskConfig
+from vlmopt.cli_choices import AbstainConfidence, Backend, ExportFormat, Objective, Split
+from vlmopt.config import AbstainConfig, BackendConfig, OptimizerConfig, TaskConfig
 from vlmopt.errors import OFFLINE_HINT
 from vlmopt.export import FORMATS
 from vlmopt.pipeline import SplitName
@@ -245,7 +245,9 @@ def test_choices_are_the_librarys_and_help_lists_them():
     assert {f.value for f in ExportFormat} == set(FORMATS)
     (objective,) = get_args(OptimizerConfig.model_fields["search_objectives"].annotation)
     assert {o.value for o in Objective} == set(get_args(objective))
-    for command, choices in (("evaluate", [*Split, *Backend]), ("export", ExportFormat), ("optimize", Objective)):
+    assert {c.value for c in AbstainConfidence} == set(get_args(AbstainConfig.model_fields["confidence"].annotation))
+    for command, choices in (("evaluate", [*Split, *Backend]), ("export", ExportFormat),
+                             ("optimize", [*Objective, *AbstainConfidence])):
         shown = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
         assert all(choice.value in shown for choice in choices), (command, shown)
 

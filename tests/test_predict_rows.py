@@ -20,10 +20,15 @@ ANSWERS = {
 }
 
 
+TOP = [{"label": "cat", "probability": 0.75}, {"label": "dog", "probability": 0.25}]
+
+
 def rows_for(answer) -> list[dict]:
     return [
-        {"id": "inbox/a.png", "label": answer, "confidence": 0.12345678901234568, "valid": True, "raw": RAW},
-        {"id": "inbox/b.png", "label": None, "confidence": None, "valid": False, "raw": "pug"},
+        {"id": "inbox/a.png", "label": answer, "confidence": 0.12345678901234568, "valid": True, "raw": RAW,
+         "abstained": True, "top_labels": TOP},
+        {"id": "inbox/b.png", "label": None, "confidence": None, "valid": False, "raw": "pug", "abstained": False,
+         "top_labels": None},
     ]
 
 
@@ -50,8 +55,10 @@ def test_csv_cells_are_text_with_answers_as_json(tmp_path, kind):
     answer = ANSWERS[kind]
     assert cells == [
         {"id": "inbox/a.png", "label": answer if kind == "single_label" else json.dumps(answer),
-         "confidence": "0.12345678901234568", "valid": "True", "raw": RAW},
-        {"id": "inbox/b.png", "label": "", "confidence": "", "valid": "False", "raw": "pug"},
+         "confidence": "0.12345678901234568", "valid": "True", "raw": RAW, "abstained": "True",
+         "top_labels": json.dumps(TOP)},
+        {"id": "inbox/b.png", "label": "", "confidence": "", "valid": "False", "raw": "pug", "abstained": "False",
+         "top_labels": ""},
     ]
 
 

@@ -31,7 +31,8 @@ RAW = 'He said "a pug",\nthen stopped'
 
 def row(item_id: str, answer="cat", valid=True) -> dict:
     return {"id": item_id, "label": answer if valid else None, "confidence": 0.5 if valid else None,
-            "valid": valid, "raw": RAW}
+            "valid": valid, "raw": RAW, "abstained": False,
+            "top_labels": [{"label": "cat", "probability": 0.5}] if valid else None}
 
 
 def png(path, colour=(200, 0, 0)):

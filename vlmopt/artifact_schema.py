@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from vlmopt.config import OutputKind
 
 FORMAT = "vlmopt.artifact"
-FORMAT_VERSION = 2  # written when the artifact carries a calibrated ``decision``; 1 otherwise
-READABLE_VERSIONS = (1, 2)  # 1: no ``decision`` (the plain argmax), so older readers still load it
+FORMAT_VERSION = 3  # written when the ``decision`` abstains or has an "other" label; 2 calibrated only; 1 none
+READABLE_VERSIONS = (1, 2, 3)  # each is written only when needed, so older readers still load what they can
 
 
 class _Section(BaseModel):
@@ -72,19 +72,37 @@ class PromptSection(_Section):
     response_format: dict[str, Any] | None
 
 
-class DecisionSection(_Section):
-    """The calibrated label decision (format 2): ``argmax_k weights[k] * P(k)``."""
+class AbstentionSection(_Section):
+    """When the program abstains (format 3): ``confidence < threshold``, chosen on val for ``goal``."""
 
-    weights: dict[str, float]
+    threshold: float
+    confidence: Literal["max_prob", "margin"]
     rule: str
-    fitted_by: str
+    goal: dict[Literal["target_accuracy", "coverage"], float]
+    chosen_on: Literal["val"]
+    val: dict[str, Any]  # what the threshold gave on val: n, n_answered, coverage, accuracy (on answered), met
+
+
+class DecisionSection(_Section):
+    """What turns the measured label distribution into an answer.
+
+    Format 2 holds the calibrated decision only (``weights``, ``rule``, ``fitted_by``:
+    ``argmax_k weights[k] * P(k)``); format 3 may add ``abstain`` and the task's ``other_label``
+    (the closed-set "none of these" label, one of ``task.labels``), with or without weights.
+    """
+
+    weights: dict[str, float] | None = None
+    rule: str | None = None
+    fitted_by: str | None = None
+    abstain: AbstentionSection | None = None
+    other_label: str | None = None
 
 
 class Artifact(_Section):
     """The whole file; ``sha256`` is over the canonical JSON of everything else."""
 
     format: Literal["vlmopt.artifact"]
-    format_version: Literal[1, 2]
+    format_version: Literal[1, 2, 3]
     task: TaskSection
     model: ModelSection
     generation: GenerationSection

@@ -9,8 +9,10 @@ An artifact holds everything needed to reproduce the optimized classifier and to
 * ``program`` — the DSPy program state (instruction, demos with their images as data URIs);
 * ``prompt`` — the *rendered portable prompt*: the exact chat messages the adapter sends, demo
   images inline, the query image as the ``{image}`` slot, and the ``response_format``;
-* ``decision`` — null, or the calibrated label decision ReAnchor fitted on val: per-label weights
-  applied as ``argmax_k weights[k] * P(k)`` over the measured label distribution (format 2);
+* ``decision`` — null, or what turns the measured label distribution into an answer: the
+  calibrated decision ReAnchor fitted on val, per-label weights applied as
+  ``argmax_k weights[k] * P(k)`` (format 2); the abstention threshold chosen on val and the
+  task's "none of these" label (format 3, written only when the artifact has one of them);
 * ``metrics`` — val and test metrics with split sizes; ``provenance`` — versions, config and
   split fingerprints, optimizer settings, seed;
 * ``sha256`` — over the canonical JSON of all of the above.
@@ -72,8 +74,11 @@ class FrozenProgram:
 
 
 def check_backend(frozen: FrozenProgram, cfg: TaskConfig) -> None:
-    """Refuse, before any call, a backend that cannot serve the artifact's calibrated decision."""
-    if not frozen.program.label_weights:
+    """Refuse, before any call, a backend that cannot serve the artifact's calibrated or abstaining decision."""
+    program = frozen.program
+    what = [name for name, on in (("calibrated (ReAnchor weights)", program.label_weights),
+                                  ("thresholded (it abstains below a confidence)", program.abstention)) if on]
+    if not what:
         return
     missing = [need for need, met in {
         "task.structured_generation: true": cfg.task.structured_generation,
@@ -81,7 +86,7 @@ def check_backend(frozen: FrozenProgram, cfg: TaskConfig) -> None:
     }.items() if not met]
     if missing:
         raise ArtifactError(
-            "this artifact's label decision is calibrated (ReAnchor weights): it decides on the label "
+            f"this artifact's label decision is {' and '.join(what)}: it decides on the label "
             f"probabilities the backend measures, so set {' and '.join(missing)} in the config"
         )
 
@@ -112,16 +117,28 @@ def render_prompt(program: Classify, structured: bool) -> dict[str, Any]:
     return prompt
 
 
-def decision_section(program: Classify) -> dict[str, Any] | None:
-    """The calibrated label decision, for the program and for apps that replay the prompt."""
-    if not program.label_weights:
-        return None
-    return {
-        "weights": dict(program.label_weights),
-        "rule": "label = argmax over labels k of weights[k] * P(k), P = the label distribution the backend "
-                "measures (per-label answer likelihood); ties go to the unweighted argmax",
-        "fitted_by": "dspy.experimental.ReAnchor on the val split",
-    }
+def decision_section(program: Classify, task: TaskSpec) -> dict[str, Any] | None:
+    """The label decision (weights, abstention, "other" label), for the program and for apps that replay it."""
+    decision: dict[str, Any] = {}
+    if program.label_weights:
+        decision.update(
+            weights=dict(program.label_weights),
+            rule="label = argmax over labels k of weights[k] * P(k), P = the label distribution the backend "
+                 "measures (per-label answer likelihood); ties go to the unweighted argmax",
+            fitted_by="dspy.experimental.ReAnchor on the val split",
+        )
+    if program.abstention:
+        decision["abstain"] = dict(program.abstention)
+    if task.other_label:
+        decision["other_label"] = task.other_label
+    return decision or None
+
+
+def format_version(decision: dict[str, Any] | None) -> int:
+    """The oldest format that holds this decision, so older readers load every artifact they can."""
+    if not decision:
+        return 1
+    return FORMAT_VERSION if {"abstain", "other_label"} & set(decision) else 2
 
 
 def task_section(task: TaskSpec, labels: list[str] | None) -> dict[str, Any]:
@@ -143,10 +160,10 @@ def build_artifact(
     provenance: dict[str, Any],
 ) -> Artifact:
     """The artifact (hash included) for an optimized program."""
-    decision = decision_section(program)
+    decision = decision_section(program, cfg.task)
     content = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION if decision else 1,
+        "format_version": format_version(decision),
         "task": task_section(cfg.task, labels),
         "model": {"id": cfg.model.id, "revision": cfg.model.revision},
         "generation": {
@@ -235,6 +252,10 @@ def load_artifact(path: str | Path, *, expected_labels: list[str] | None = None)
         raise ArtifactError(
             f"{path}: the artifact classifies into {labels}, but the config's labels are {list(expected_labels)}"
         )
+    decision = artifact.decision
+    other_label = decision.other_label if decision is not None else None
+    if other_label is not None and other_label not in (labels or []):
+        raise ArtifactError(f"{path}: the decision's other_label {other_label!r} is not one of the task's {labels}")
     task = TaskSpec(
         output=artifact.task.output,
         labels=labels,
@@ -243,12 +264,15 @@ def load_artifact(path: str | Path, *, expected_labels: list[str] | None = None)
         structured_generation=gen.structured_generation,
         adapter=gen.adapter,
         normalize_labels=gen.normalize_labels,
+        other_label=other_label,
     )
     program = create_program(task, labels)
-    if artifact.decision is not None:
-        if labels is None or not set(artifact.decision.weights) <= set(labels):
+    if decision is not None and decision.weights is not None:
+        if labels is None or not set(decision.weights) <= set(labels):
             raise ArtifactError(f"{path}: the decision weights name labels outside the task's {labels}")
-        program.label_weights = dict(artifact.decision.weights)
+        program.label_weights = dict(decision.weights)
+    if decision is not None and decision.abstain is not None:
+        program.abstention = decision.abstain.model_dump(mode="json")
     state = _restore_images(artifact.program)
     program.load_state(state)
     for demo_list in (p.demos for p in program.predictors()):

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from vlmopt.cli_baseline import baseline
-from vlmopt.cli_choices import Backend, ExportFormat, Objective, Split
+from vlmopt.cli_choices import AbstainConfidence, Backend, ExportFormat, Objective, Split
 from vlmopt.cli_errors import check_output_file, err_console, user_errors
 from vlmopt.config import ConfigError, TaskConfig, load_config
 
@@ -156,6 +156,20 @@ def optimize(
         help="After the search, fit per-label decision weights on val with DSPy's ReAnchor over the measured "
         "label probabilities (kept only when they win); reports accuracy and calibration before and after.",
     )] = None,
+    target_accuracy: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0,
+        help="Abstain when unsure: choose on val the threshold that answers the most images at this accuracy on "
+        "the answered (e.g. 0.99); reported on test untouched. Sets optimizer.abstain.",
+    )] = None,
+    coverage: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0,
+        help="Abstain when unsure: choose on val the threshold that answers this share of the images, the most "
+        "sure ones (e.g. 0.9). Sets optimizer.abstain.",
+    )] = None,
+    abstain_confidence: Annotated[AbstainConfidence | None, typer.Option(
+        help="What the abstention threshold is on: max_prob = P(top label), margin = P(top1) - P(top2), auto = "
+        "whichever meets the goal better on val.",
+    )] = None,
     worker: Annotated[bool, typer.Option(
         "--worker", help="Only add trials to a shared study (needs --storage); no baseline, test or artifact.",
     )] = False,
@@ -165,7 +179,9 @@ def optimize(
     With --search N, an outer Optuna study also searches the program choices MIPROv2 does not;
     several `--worker` processes can share one study through --storage. A killed study resumes
     with its finished trials when rerun against the same storage. With --calibrate, DSPy's
-    ReAnchor then fits the label decision on val (calibration.json: before and after).
+    ReAnchor then fits the label decision on val (calibration.json: before and after). With
+    --target-accuracy or --coverage the program abstains when unsure: the threshold is chosen on
+    val and reported on test (abstention.json, risk_coverage.png).
     """
     from vlmopt.pipeline import optimize_task
     from vlmopt.reports.comparison_table import comparison_table
@@ -178,6 +194,8 @@ def optimize(
     updates = {"search_trials": search_trials, "storage": storage, "search_objectives": objectives,
                "calibrate": calibrate}
     raw["optimizer"].update({k: v for k, v in updates.items() if v is not None})
+    raw["optimizer"]["abstain"] = _abstain_settings(raw["optimizer"]["abstain"], target_accuracy, coverage,
+                                                    abstain_confidence)
     if num_threads:
         raw["run"]["num_threads"] = num_threads
     cfg = parse_config(raw, "command line")
@@ -197,6 +215,20 @@ def optimize(
     calls = "not counted by this backend" if outcome.model_calls is None else outcome.model_calls
     console.print(f"model calls this run: {calls} (a rerun replays finished calls from the cache)")
     console.print(f"artifact: [bold]{outcome.artifact}[/]\nrun directory: [bold]{outcome.run.path}[/]")
+
+
+def _abstain_settings(current: dict | None, target_accuracy: float | None, coverage: float | None,
+                      confidence: AbstainConfidence | None) -> dict | None:
+    """``optimizer.abstain`` after the flags: a goal flag replaces the config's goal, --abstain-confidence its kind."""
+    if target_accuracy is None and coverage is None and confidence is None:
+        return current
+    if target_accuracy is not None and coverage is not None:
+        raise ConfigError("--target-accuracy and --coverage are two goals for one threshold: give one of them")
+    if target_accuracy is not None or coverage is not None:
+        current = {**(current or {}), "target_accuracy": target_accuracy, "coverage": coverage}
+    elif current is None:
+        raise ConfigError("--abstain-confidence needs a goal: --target-accuracy or --coverage (or optimizer.abstain)")
+    return {**current, **({"confidence": confidence.value} if confidence else {})}
 
 
 def _search_worker(cfg: TaskConfig) -> None:

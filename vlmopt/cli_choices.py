@@ -38,3 +38,11 @@ class Objective(StrEnum):
     accuracy = "accuracy"
     tokens = "tokens"
     latency = "latency"
+
+
+class AbstainConfidence(StrEnum):
+    """The confidence an abstention threshold is on (``optimizer.abstain.confidence``)."""
+
+    auto = "auto"
+    max_prob = "max_prob"
+    margin = "margin"

@@ -138,8 +138,24 @@ class TaskSpec(_Section):
     normalize_labels: bool = Field(
         False, description="Free-text answers: match labels ignoring case, punctuation and a plural 's'."
     )
+    other_label: str | None = Field(
+        None, description="single_label: a label for 'none of these' (e.g. adopted), added to the labels; "
+        "scored like any label, reported apart from abstentions.",
+    )
     system_prompt: str | None = None
     user_prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _other_label_is_a_label(self) -> TaskSpec:
+        if self.other_label is None:
+            return self
+        if self.output != "single_label":
+            raise ValueError(f"task.other_label is for output 'single_label' (output is {self.output!r})")
+        if not self.other_label.strip():
+            raise ValueError("task.other_label is empty")
+        if self.labels is not None and self.other_label not in self.labels:
+            self.labels = with_other_label(self.labels, self.other_label)
+        return self
 
     @model_validator(mode="after")
     def _closed_sets(self) -> TaskSpec:
@@ -155,12 +171,37 @@ class TaskSpec(_Section):
         return self
 
 
+def with_other_label(labels: list[str], other_label: str | None) -> list[str]:
+    """The closed label set with the "none of these" label last (once)."""
+    return [*labels, other_label] if other_label is not None and other_label not in labels else list(labels)
+
+
 def _check_label_list(values: list[str], where: str) -> None:
     if not values:
         raise ValueError(f"{where} is empty")
     dupes = sorted({v for v in values if values.count(v) > 1})
     if dupes:
         raise ValueError(f"{where} repeats {dupes}")
+
+
+class AbstainConfig(_Section):
+    """When to abstain: a threshold on the measured confidence, chosen on val for exactly one goal."""
+
+    target_accuracy: float | None = Field(
+        None, gt=0, le=1, description="Answer as many val images as possible at this accuracy on the answered.",
+    )
+    coverage: float | None = Field(None, gt=0, le=1, description="Answer this share of val images, the most sure.")
+    confidence: Literal["auto", "max_prob", "margin"] = Field(
+        "auto", description="max_prob: P(top label); margin: P(top1) - P(top2); auto: whichever meets the goal "
+        "better on val.",
+    )
+
+    @model_validator(mode="after")
+    def _one_goal(self) -> AbstainConfig:
+        if (self.target_accuracy is None) == (self.coverage is None):
+            raise ValueError("optimizer.abstain needs exactly one goal: target_accuracy (e.g. 0.99) or coverage "
+                             "(e.g. 0.9)")
+        return self
 
 
 class OptimizerConfig(_Section):
@@ -189,6 +230,9 @@ class OptimizerConfig(_Section):
         False,
         description="After the search, fit per-label decision weights on val with DSPy's ReAnchor over the "
         "measured label probabilities; kept only when they win.",
+    )
+    abstain: AbstainConfig | None = Field(
+        None, description="After the search (and calibration), choose an abstention threshold on val.",
     )
 
     @field_validator("storage")
@@ -245,8 +289,11 @@ class TaskConfig(_Section):
         return self
 
     @model_validator(mode="after")
-    def _calibration_is_measurable(self) -> TaskConfig:
-        if not self.optimizer.calibrate:
+    def _decision_is_measurable(self) -> TaskConfig:
+        """Calibration and abstention decide on measured label probabilities; say what that needs."""
+        wants = [key for key, on in (("optimizer.calibrate", self.optimizer.calibrate),
+                                     ("optimizer.abstain", self.optimizer.abstain is not None)) if on]
+        if not wants:
             return self
         needs = {
             "task.output: single_label": self.task.output == "single_label",
@@ -257,8 +304,8 @@ class TaskConfig(_Section):
         missing = [need for need, met in needs.items() if not met]
         if missing:
             raise ValueError(
-                "optimizer.calibrate fits decision weights on measured label probabilities, which needs "
-                f"{', '.join(missing)} (or set optimizer.calibrate: false)"
+                f"{' and '.join(wants)}: decisions on measured label probabilities need "
+                f"{', '.join(missing)} (or remove {' and '.join(wants)})"
             )
         return self
 

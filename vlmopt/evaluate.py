@@ -223,7 +223,8 @@ def evaluate_program(
             by_user=False,
         )
     metrics = compute_metrics(
-        records, output_kind=task.output, labels=labels or task.labels, fields=task.fields, seed=seed
+        records, output_kind=task.output, labels=labels or task.labels, fields=task.fields, seed=seed,
+        abstention=getattr(program, "abstention", None), other_label=task.other_label,
     )
     metrics["n_failed"] = len(errors)
     if split.name is not None:

@@ -24,14 +24,15 @@ from vlmopt.config import TaskConfig
 from vlmopt.datasets import LoadedSplits, load_splits
 from vlmopt.evaluate import EvalOutcome, SplitInfo, evaluate_program
 from vlmopt.metrics import metric_for
+from vlmopt.optimizers.abstention import abstention_summary, choose_abstention
 from vlmopt.optimizers.mipro import compile_comparison, demo_effect
 from vlmopt.optimizers.reanchor import calibrate_decision, calibration_summary
 from vlmopt.optimizers.search import Winner, search_program
 from vlmopt.optimizers.trial_program import demo_trainset
 from vlmopt.programs import create_program
 from vlmopt.reports.html import write_report
-from vlmopt.reports.plots import plot_confusion_matrix
-from vlmopt.reports.run_dir import METRICS, RunDir
+from vlmopt.reports.plots import RISK_COVERAGE_PNG, plot_confusion_matrix, plot_risk_coverage
+from vlmopt.reports.run_dir import ABSTENTION, METRICS, RunDir
 from vlmopt.serving.factory import closes_the_lms_it_creates, create_lm, job_owned, model_calls
 
 SplitName = Literal["train", "val", "test", "all"]
@@ -142,7 +143,8 @@ def provenance(cfg: TaskConfig, split_fingerprint: str) -> dict[str, Any]:
 
 
 def _metrics_summary(outcome: EvalOutcome) -> dict[str, Any]:
-    keys = ("n", "n_valid", "n_invalid", "invalid_rate", "accuracy", "accuracy_ci", "macro_f1", "latency", "tokens")
+    keys = ("n", "n_valid", "n_invalid", "invalid_rate", "accuracy", "accuracy_ci", "macro_f1", "latency", "tokens",
+            "selective", "other")
     return {k: outcome.metrics[k] for k in keys if k in outcome.metrics}
 
 
@@ -162,7 +164,8 @@ def optimize_task(
     LM a trial's settings need). Writes the run directory: ``baseline/`` (the config's prompt on
     test), ``predictions.jsonl`` and ``metrics.json`` (the winner on test),
     ``baseline_metrics.json``, ``trials.json``, ``prompt.json``, ``artifact.json``, ``report.html``;
-    with ``optimizer.calibrate``, ``calibration.json`` (ReAnchor on val, before and after).
+    with ``optimizer.calibrate``, ``calibration.json`` (ReAnchor on val, before and after); with
+    ``optimizer.abstain``, ``abstention.json`` and ``risk_coverage.png`` (threshold chosen on val).
     """
     started = time.perf_counter()
     run, splits, lm, calls_before = _start_run(cfg, lm)
@@ -188,6 +191,10 @@ def optimize_task(
     if cfg.optimizer.calibrate and (kept := _calibrate(winner, optimized["val"], dict(won, split=val))) is not None:
         uncalibrated, calibrated_val = kept
         argmax["val"], optimized["val"] = optimized["val"], calibrated_val
+    if cfg.optimizer.abstain is not None:  # on the final decision's val records; test stays untouched
+        winner.program.abstention = choose_abstention(optimized["val"].records, cfg.optimizer.abstain)
+        optimized["val"] = evaluate_program(winner.program, winner.splits.val, description="abstaining val",
+                                            split=val, replays=optimized["val"], **won)
     optimized["test"] = evaluate_program(winner.program, winner.splits.test, run=run, description="optimized test",
                                          split=test, **won)
     if uncalibrated is not None:  # the same test calls, replayed from the cache: only the decision differs
@@ -214,6 +221,8 @@ def optimize_task(
     ) if winner.calibration else None
     if calibration:
         run.write_json("calibration.json", calibration)
+    if winner.program.abstention:
+        winner.notes.extend(_report_abstention(run, winner.program.abstention, optimized))
     run.write_json("trials.json", {"instruction_candidates": winner.instruction_candidates,
                                    "demo_effect": demo_effect(winner.history), "trials": winner.history})
     artifact = save_artifact(
@@ -267,6 +276,15 @@ def _calibrate(winner: Winner, optimized_val: EvalOutcome,
     if result.note:
         winner.notes.append(result.note)
     return kept
+
+
+def _report_abstention(run: RunDir, section: dict[str, Any], optimized: dict[str, EvalOutcome]) -> list[str]:
+    """``abstention.json`` and ``risk_coverage.png`` (val and test curves, the threshold marked); its notes."""
+    summary = abstention_summary(section, optimized["val"].records, optimized["test"].records,
+                                 {split: optimized[split].metrics for split in ("val", "test")})
+    run.write_json(ABSTENTION, summary)
+    plot_risk_coverage(summary, run.path / RISK_COVERAGE_PNG)
+    return summary["notes"]
 
 
 def _calls_since(lm: dspy.LM, before: int | None) -> int | None:

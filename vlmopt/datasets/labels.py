@@ -10,7 +10,7 @@
   not an error: mapping only some classes is how a task uses a subset of a dataset's classes,
   and the report shows how many items each reason dropped.
 * Class names: ``task.labels`` when given (``label_mapping`` fills it), else the ``ClassLabel``
-  names, else the sorted distinct values.
+  names, else the sorted distinct values; ``task.other_label`` is added last.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import datasets
 
-from vlmopt.config import DatasetConfig, TaskSpec
+from vlmopt.config import DatasetConfig, TaskSpec, with_other_label
 from vlmopt.datasets.columns import Columns
 
 MULTI_LABEL_SEPARATOR = "|"
@@ -47,13 +47,14 @@ class TargetReader:
     mapping: dict[int | str, str] | None
     labels: tuple[str, ...] | None
     fields: dict[str, list[str]] | None
+    other_label: str | None = None
 
     @classmethod
     def build(
         cls, features: datasets.Features, columns: Columns, dataset: DatasetConfig, task: TaskSpec
     ) -> TargetReader:
         labels = tuple(task.labels) if task.labels is not None else None
-        return cls(task.output, columns, features, dataset.label_mapping, labels, task.fields)
+        return cls(task.output, columns, features, dataset.label_mapping, labels, task.fields, task.other_label)
 
     def read(self, row: dict[str, Any], item: str) -> dict[str, Any]:
         """The target keys of ``row``; raises ``LabelSkip`` when the item cannot be used."""
@@ -71,11 +72,17 @@ class TargetReader:
         return {"label": list(dict.fromkeys(self._class_of(value, inner, item) for value in raw))}
 
     def class_names(self, targets: Sequence[dict[str, Any]]) -> list[str]:
-        """The resolved class names (empty for multi_field, whose values come from task.fields)."""
+        """The resolved class names (empty for multi_field, whose values come from task.fields).
+
+        ``task.other_label`` is one of them (last) even when no item is labelled with it.
+        """
         if self.output == "multi_field":
             return []
         if self.labels is not None:
             return list(self.labels)
+        return with_other_label(self._data_class_names(targets), self.other_label)
+
+    def _data_class_names(self, targets: Sequence[dict[str, Any]]) -> list[str]:
         feature = self.features[self.columns.targets[0]]
         feature = getattr(feature, "feature", feature) if self.output == "multi_label" else feature
         if isinstance(feature, datasets.ClassLabel) and self.mapping is None:

@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,3 +54,11 @@ def bootstrap_mean_ci(
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return float(low), float(high)
+
+
+def bootstrap_interval(
+    scores: Sequence[float] | np.ndarray, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
+    """The interval as ``metrics.json`` writes it: ``{"low", "high", "level", "n_boot", "seed"}``."""
+    low, high = bootstrap_mean_ci(scores, n_boot=n_boot, seed=seed, confidence=level)
+    return {"low": low, "high": high, "level": level, "n_boot": n_boot, "seed": seed}

@@ -154,3 +154,24 @@ def single_label_metrics(
             "matrix": counts.tolist(),
         },
     }
+
+
+def other_label_summary(
+    gold: Sequence[str], predicted: Sequence[str | None], abstained: Sequence[bool], other: str
+) -> dict[str, Any]:
+    """How often the "none of these" label was the gold answer, predicted, and given (not abstained on).
+
+    ``other`` is scored like any class (its per-class row); this summary sets it apart, so a report
+    can say "answered *other*" and "abstained" as the two different decisions they are.
+    """
+    predicted_other = [p == other for p in predicted]
+    hits = sum(p == other and g == other for g, p in zip(gold, predicted, strict=True))
+    n_gold, n_predicted = sum(g == other for g in gold), sum(predicted_other)
+    return {
+        "label": other,
+        "n_gold": n_gold,
+        "n_predicted": n_predicted,
+        "n_answered": sum(p and not a for p, a in zip(predicted_other, abstained, strict=True)),
+        "precision": hits / n_predicted if n_predicted else 0.0,
+        "recall": hits / n_gold if n_gold else 0.0,
+    }

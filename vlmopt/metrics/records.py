@@ -7,6 +7,9 @@ HTML report share one contract. ``gold`` / ``predicted`` take the shape of the t
 - ``multi_label``: ``["cat", "indoor"]`` (order and duplicates carry no meaning)
 - ``multi_field``: ``{"make": "audi", "year": "2012"}``
 
+A program with an abstention threshold marks the images it is not sure of ``abstained=True``,
+keeping its top label in ``predicted`` (a suggestion for whoever reviews it).
+
 An output the model got wrong in *form* (unparseable, a label outside the class set) is
 ``valid=False`` with ``predicted=None`` and its text kept in ``raw``: it is counted as invalid
 and as wrong, never mapped to a nearby label.
@@ -43,6 +46,9 @@ class PredictionRecord(BaseModel):
     prompt_tokens: int | None = Field(None, ge=0)
     completion_tokens: int | None = Field(None, ge=0)
     label_normalized: bool = Field(False, description="Opt-in normalisation was needed to match a label.")
+    abstained: bool = Field(
+        False, description="The program's confidence fell below its abstention threshold; predicted is its top label."
+    )
     image_ref: str | None = Field(None, description="Where the image came from (path or source row).")
     thumbnail: str | None = Field(None, description="A small JPEG data URI, so reports need no image files.")
 
@@ -54,6 +60,8 @@ class PredictionRecord(BaseModel):
             raise ValueError(f"record {self.id!r}: valid=True needs a predicted value")
         if not self.valid and self.predicted is not None:
             raise ValueError(f"record {self.id!r}: valid=False must have predicted=None (keep the text in raw)")
+        if self.abstained and not self.valid:
+            raise ValueError(f"record {self.id!r}: an invalid answer is not an abstention (it has no confidence)")
         return self
 
     def to_json(self) -> str:

@@ -14,6 +14,9 @@ percentile bootstrap (``{"low", "high", "level", "n_boot", "seed"}``). Kind-spec
 - multi_label: ``exact_match, hamming, hamming_ci, macro_f1, per_label`` (see :mod:`.multilabel`)
 - multi_field: ``exact_match, field_accuracy, per_field`` (see :mod:`.multifield`)
 
+Optional: ``selective`` (a program that abstains, see :mod:`.selective`) and ``other`` (a task
+with a "none of these" label). ``accuracy`` always scores the top label of every image.
+
 Calibration uses each record's ``confidence``; for single_label a record without one falls
 back to ``probabilities[predicted]``. Records with neither are left out (``calibration["n"]``
 says how many were used); ``brier`` needs single_label ``probabilities``.
@@ -29,13 +32,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from vlmopt.metrics.bootstrap import bootstrap_mean_ci
+from vlmopt.metrics.bootstrap import bootstrap_interval
 from vlmopt.metrics.calibration import brier_score, calibration
-from vlmopt.metrics.classification import single_label_metrics
+from vlmopt.metrics.classification import other_label_summary, single_label_metrics
 from vlmopt.metrics.latency import latency_summary, token_summary
 from vlmopt.metrics.multifield import fields_correct, multifield_metrics
 from vlmopt.metrics.multilabel import exact_match, hamming_score, multilabel_metrics
 from vlmopt.metrics.records import PredictionRecord
+from vlmopt.metrics.selective import selective_metrics
 
 OUTPUT_KINDS = ("single_label", "multi_label", "multi_field")
 _GOLD_TYPES = {"single_label": str, "multi_label": list, "multi_field": dict}
@@ -71,11 +75,6 @@ def _confidence(record: PredictionRecord, output_kind: str) -> float | None:
     return None
 
 
-def _interval(scores: Sequence[float], *, n_boot: int, seed: int, level: float) -> dict[str, Any]:
-    low, high = bootstrap_mean_ci(scores, n_boot=n_boot, seed=seed, confidence=level)
-    return {"low": low, "high": high, "level": level, "n_boot": n_boot, "seed": seed}
-
-
 def compute_metrics(
     records: Iterable[PredictionRecord],
     *,
@@ -86,8 +85,14 @@ def compute_metrics(
     n_boot: int = 1000,
     n_bins: int = 10,
     ci_level: float = 0.95,
+    abstention: Mapping[str, Any] | None = None,
+    other_label: str | None = None,
 ) -> dict[str, Any]:
     """The JSON-serialisable metrics summary of one evaluation (see the module docstring).
+
+    ``abstention`` (the program's ``{"threshold", "confidence"}``) adds ``selective``: coverage,
+    accuracy on the answered and overall, with intervals (:mod:`.selective`). ``other_label``
+    (single_label) adds ``other``: that label's counts, set apart from the others.
 
     ``labels`` is required for single_label and multi_label, ``fields`` (name -> values) for
     multi_field. Raises ValueError on no records, an unknown kind, or answers of the wrong shape
@@ -112,7 +117,7 @@ def compute_metrics(
     elif output_kind == "multi_label":
         body = multilabel_metrics(gold, predicted, labels, ids=ids)
         hamming = [hamming_score(g, p) for g, p in zip(gold, predicted, strict=True)]
-        body["hamming_ci"] = _interval(hamming, n_boot=n_boot, seed=seed, level=ci_level)
+        body["hamming_ci"] = bootstrap_interval(hamming, n_boot=n_boot, seed=seed, level=ci_level)
     else:
         body = multifield_metrics(gold, predicted, fields, ids=ids)
     correct = [answer_correct(g, p, output_kind) for g, p in zip(gold, predicted, strict=True)]
@@ -131,6 +136,15 @@ def compute_metrics(
     for key in ("n", "invalid_rate", "accuracy"):
         body.pop(key, None)
     n = len(records)
+    extra: dict[str, Any] = {}
+    if abstention is not None:
+        extra["selective"] = {
+            "threshold": abstention["threshold"], "confidence": abstention["confidence"],
+            **selective_metrics([r.abstained for r in records], correct, [r.valid for r in records],
+                                n_boot=n_boot, seed=seed, level=ci_level),
+        }
+    if other_label is not None and output_kind == "single_label":
+        extra["other"] = other_label_summary(gold, predicted, [r.abstained for r in records], other_label)
     return {
         "output_kind": output_kind,
         "n": n,
@@ -138,10 +152,11 @@ def compute_metrics(
         "n_invalid": n_invalid,
         "invalid_rate": n_invalid / n,
         "accuracy": sum(correct) / n,
-        "accuracy_ci": _interval([float(c) for c in correct], n_boot=n_boot, seed=seed, level=ci_level),
+        "accuracy_ci": bootstrap_interval([float(c) for c in correct], n_boot=n_boot, seed=seed, level=ci_level),
         **body,
         "ece": calib["ece"],
         "calibration": calib,
         "latency": latency_summary([r.latency_s for r in records]),
         "tokens": token_summary([r.prompt_tokens for r in records], [r.completion_tokens for r in records]),
+        **extra,
     }

@@ -3,10 +3,14 @@
 The single-machine stream (:mod:`vlmopt.predict.stream`) and a cluster runner call
 :func:`predict_image` per image and write what it returns, so their outputs agree row for row:
 
-* a **row** — ``id, label, confidence, valid, raw`` (:data:`COLUMNS`), the answer read from the
-  prediction exactly as ``evaluate`` reads it (:func:`~vlmopt.programs.records.answer_of`,
+* a **row** — ``id, label, confidence, valid, raw, abstained, top_labels`` (:data:`COLUMNS`), the
+  answer read from the prediction exactly as ``evaluate`` reads it
+  (:func:`~vlmopt.programs.records.answer_of`, :func:`~vlmopt.programs.records.abstained_of`,
   :func:`~vlmopt.programs.confidence.label_confidence`). The frozen program applies its own
-  decision rule inside ``forward`` (calibration weights today), so calling it is applying it;
+  decision rule inside ``forward`` (calibration weights, the abstention threshold), so calling it
+  is applying it: ``abstained`` is True when it was not sure enough (``label`` is then its top
+  label, a suggestion), ``top_labels`` the three most likely labels with their probabilities
+  (None where the backend measured no distribution);
 * a :class:`Failure` — an unreadable file (stage ``read``, the loader's reason code: ``corrupt``,
   ``truncated``, ``missing`` ...) or a call that raised or returned nothing (stage ``predict``),
   with the message. Never an exception: one bad image must not end a night's run.
@@ -34,10 +38,10 @@ from vlmopt.config import TaskSpec
 from vlmopt.datasets.images import BadImage, load_image, to_dspy_image
 from vlmopt.predict.inputs import Item
 from vlmopt.programs.adapter import RAW_KEY
-from vlmopt.programs.confidence import label_confidence
-from vlmopt.programs.records import answer_of
+from vlmopt.programs.confidence import label_confidence, top_labels
+from vlmopt.programs.records import abstained_of, answer_of
 
-COLUMNS = ["id", "label", "confidence", "valid", "raw"]
+COLUMNS = ["id", "label", "confidence", "valid", "raw", "abstained", "top_labels"]
 """The columns of a predict row, in order (JSONL keys, CSV header, Parquet schema)."""
 INVALID = "(invalid)"
 """How a row without an answer (``valid`` false) is counted in the summary's label counts."""
@@ -81,13 +85,15 @@ def outcome_of(item_id: str, pred: dspy.Prediction | None, task: TaskSpec) -> Ou
     """The row of one prediction; ``None`` (what ``program.batch`` returns for a failed call) is a failure."""
     if pred is None:
         return Failure(item_id, "predict", "no_prediction", "the program returned no prediction (a failed call)")
-    _, confidence = label_confidence(pred)
+    probabilities, confidence = label_confidence(pred)
     return {
         "id": item_id,
         "label": answer_of(pred, task),
         "confidence": confidence,
         "valid": bool(pred.get("valid", True)),
         "raw": pred.get(RAW_KEY) or "",
+        "abstained": abstained_of(pred),
+        "top_labels": top_labels(probabilities),
     }
 
 
@@ -111,5 +117,6 @@ def row_schema(task: TaskSpec) -> pa.Schema:
         label = pa.struct([(name, pa.string()) for name in task.fields or {}])
     else:
         label = pa.string()
+    top = pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float64())]))
     return pa.schema([("id", pa.string()), ("label", label), ("confidence", pa.float64()),
-                      ("valid", pa.bool_()), ("raw", pa.string())])
+                      ("valid", pa.bool_()), ("raw", pa.string()), ("abstained", pa.bool_()), ("top_labels", top)])

@@ -141,7 +141,7 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 class CsvSink(RowSink):
-    """CSV with the header ``id,label,confidence,valid,raw``; list and dict answers as JSON text."""
+    """CSV with the header :data:`COLUMNS`; list and dict cells (answers, top labels) as JSON text."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -172,9 +172,7 @@ class CsvSink(RowSink):
 
     def _write(self, row: dict[str, Any]) -> None:
         buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(
-            [row["id"], answer_text(row["label"]), row["confidence"], row["valid"], row["raw"]]
-        )
+        csv.writer(buffer, lineterminator="\n").writerow([answer_text(row[column]) for column in COLUMNS])
         self._file.write(buffer.getvalue())
 
     def close(self) -> None:

@@ -22,7 +22,8 @@ from vlmopt.predict.rows import COLUMNS, answer_text
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    frame.assign(label=frame["label"].map(answer_text)).to_csv(path, index=False)
+    frame.assign(label=frame["label"].map(answer_text), top_labels=frame["top_labels"].map(answer_text)).to_csv(
+        path, index=False)
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:

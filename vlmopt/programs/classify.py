@@ -13,7 +13,9 @@ Every prediction carries, besides the answer fields:
 A program whose label decision was calibrated after the search (``label_weights``, fitted by
 DSPy's ReAnchor, see :mod:`vlmopt.optimizers.reanchor`) answers ``argmax_k w_k P(k)`` over the
 label distribution the backend measured, and carries that reweighted distribution as
-``label_probabilities``; it needs a backend that measures label probabilities.
+``label_probabilities``. A program with an ``abstention`` threshold (chosen on val, see
+:mod:`vlmopt.optimizers.abstention`) marks an unsure prediction ``abstained`` (its label stays the
+top label). Both need a backend that measures label probabilities.
 
 Example::
 
@@ -25,12 +27,14 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 import dspy
 
 from vlmopt.config import TaskSpec
 from vlmopt.programs.adapter import NORMALIZED_KEY, RAW_KEY, create_adapter
 from vlmopt.programs.confidence import PROBABILITIES_KEY, prediction_probabilities
-from vlmopt.programs.decision import UnmeasuredDecisionError, weighted_label
+from vlmopt.programs.decision import ABSTAINED_KEY, ABSTAINS, UnmeasuredDecisionError, abstains, weighted_label
 from vlmopt.programs.signatures import answer_fields, make_signature
 
 
@@ -42,6 +46,7 @@ class Classify(dspy.Module):
         self.predict = dspy.ChainOfThought(signature) if reasoning else dspy.Predict(signature)
         self.adapter = adapter or create_adapter("compact", structured=True)
         self.label_weights: dict[str, float] | None = None  # ReAnchor's fitted Choice weights, if kept
+        self.abstention: dict[str, Any] | None = None  # {"threshold", "confidence"} chosen on val, if any
 
     @property
     def signature(self) -> type[dspy.Signature]:
@@ -59,6 +64,8 @@ class Classify(dspy.Module):
         pred[NORMALIZED_KEY] = bool(pred.get(NORMALIZED_KEY, False))
         if self.label_weights:
             self._decide(pred)
+        if self.abstention:
+            self._abstain(pred)
         return pred
 
     def _decide(self, pred: dspy.Prediction) -> None:
@@ -68,6 +75,13 @@ class Classify(dspy.Module):
             raise UnmeasuredDecisionError()
         label, distribution = weighted_label(self.signature, probabilities, self.label_weights)
         pred.label, pred[PROBABILITIES_KEY] = label, distribution
+
+    def _abstain(self, pred: dspy.Prediction) -> None:
+        """Mark the prediction abstained when the distribution it was decided on is not sure enough."""
+        probabilities = pred.get(PROBABILITIES_KEY) or prediction_probabilities(pred)
+        if probabilities is None:
+            raise UnmeasuredDecisionError(ABSTAINS)
+        pred[ABSTAINED_KEY] = abstains(probabilities, self.abstention)
 
     def _invalid(self, raw: str | None) -> dspy.Prediction:
         answers = {name: None for name in answer_fields(self.signature)}

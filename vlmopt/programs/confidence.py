@@ -56,3 +56,11 @@ def label_confidence(pred: Any) -> tuple[dict[str, float] | None, float | None]:
     if not probabilities or not isinstance(answer, str):
         return None, None
     return probabilities, probabilities.get(answer)
+
+
+def top_labels(probabilities: Mapping[str, float] | None, k: int = 3) -> list[dict[str, Any]] | None:
+    """The ``k`` most likely labels, most likely first: ``[{"label", "probability"}, ...]``; None if unmeasured."""
+    if not probabilities:
+        return None
+    ranked = sorted(probabilities.items(), key=lambda item: -item[1])[:k]
+    return [{"label": label, "probability": float(p)} for label, p in ranked]

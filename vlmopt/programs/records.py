@@ -4,7 +4,8 @@ The record is a plain data contract (``vlmopt.metrics`` scores it without knowin
 prediction carries besides its answer — the raw text, ``valid``, the normalisation flag, the
 measured label distribution — is this package's convention (see :mod:`vlmopt.programs.classify`),
 so turning one into the other lives here, beside that convention. The evaluator loop builds
-every record through :func:`prediction_record`; ``predict`` reads answers with :func:`answer_of`.
+every record through :func:`prediction_record`; ``predict`` reads answers with :func:`answer_of`
+and abstentions with :func:`abstained_of`.
 
 Example::
 
@@ -23,6 +24,7 @@ from vlmopt.datasets.images import thumbnail_uri
 from vlmopt.metrics.records import PredictionRecord
 from vlmopt.programs.adapter import NORMALIZED_KEY, RAW_KEY
 from vlmopt.programs.confidence import label_confidence
+from vlmopt.programs.decision import ABSTAINED_KEY
 
 
 def gold_of(example: dspy.Example, task: TaskSpec) -> Any:
@@ -39,6 +41,11 @@ def answer_of(pred: dspy.Prediction, task: TaskSpec) -> Any:
     if task.output == "multi_field":
         return {name: pred[name] for name in task.fields or {}}
     return pred.label
+
+
+def abstained_of(pred: dspy.Prediction) -> bool:
+    """Whether the program abstained on this prediction (see :mod:`vlmopt.programs.decision`)."""
+    return bool(pred.get(ABSTAINED_KEY, False))
 
 
 def token_usage(pred: dspy.Prediction) -> tuple[int | None, int | None]:
@@ -67,6 +74,7 @@ def prediction_record(example: dspy.Example, pred: dspy.Prediction, task: TaskSp
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         label_normalized=bool(pred.get(NORMALIZED_KEY, False)),
+        abstained=abstained_of(pred),
         image_ref=example.get("image_ref"),
         thumbnail=thumbnail_uri(example.image),
     )

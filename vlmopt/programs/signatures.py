@@ -42,7 +42,13 @@ def output_fields(task: TaskSpec, labels: list[str] | None = None) -> dict[str, 
         # Named "label" too, not "labels": dspy.Example.labels() is a method that Evaluate and the
         # optimizers call, and a field of that name would shadow it.
         return {"label": (list[label_type(labels)], dspy.OutputField())}
+    if task.other_label:  # the closed set's "none of these": the model must be told what it means
+        return {"label": (label_type(labels), dspy.OutputField(desc=other_label_hint(task.other_label)))}
     return {"label": (label_type(labels), dspy.OutputField())}
+
+
+def other_label_hint(other_label: str) -> str:
+    return f"Answer {other_label!r} when the image shows none of the other labels."
 
 
 def make_signature(task: TaskSpec, labels: list[str] | None = None) -> type[dspy.Signature]:
@@ -52,6 +58,8 @@ def make_signature(task: TaskSpec, labels: list[str] | None = None) -> type[dspy
         **output_fields(task, labels),
     }
     instructions = (task.system_prompt or DEFAULT_INSTRUCTIONS[task.output]).strip()
+    if task.other_label and not task.system_prompt:
+        instructions = f"{instructions} {other_label_hint(task.other_label)}"
     return dspy.Signature(fields, instructions)
 
 

@@ -7,14 +7,25 @@ from typing import Any
 from rich.table import Table
 
 
+def _with_ci(value: float, ci: dict[str, Any] | None) -> str:
+    interval = f" [{ci['low']:.3f}, {ci['high']:.3f}]" if ci and "low" in ci else ""
+    return f"{value:.3f}{interval}"
+
+
 def _acc(m: dict[str, Any]) -> str:
-    ci = m.get("accuracy_ci") or {}
-    interval = f" [{ci['low']:.3f}, {ci['high']:.3f}]" if "low" in ci else ""
-    return f"{m['accuracy']:.3f}{interval}"
+    return _with_ci(m["accuracy"], m.get("accuracy_ci"))
 
 
 def _num(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def _selective(m: dict[str, Any], key: str) -> str:
+    """A program that abstains: the figure with its interval; one that answers everything: '-'."""
+    selective = m.get("selective")
+    if not selective or selective[key] is None:
+        return "-"
+    return _with_ci(selective[key], selective[f"{key}_ci"])
 
 
 ROWS = (
@@ -27,6 +38,12 @@ ROWS = (
     ("ECE (confidence calibration)", lambda m: _num(m.get("ece"), ".3f")),
     ("Brier score", lambda m: _num((m.get("calibration") or {}).get("brier"), ".3f")),
 )
+
+SELECTIVE_ROWS = (
+    ("coverage, abstaining (95% CI)", lambda m: _selective(m, "coverage")),
+    ("accuracy on answered (95% CI)", lambda m: _selective(m, "accuracy_answered")),
+)
+"""Shown when a program abstains (``optimizer.abstain``); accuracy above scores every image's top label."""
 
 
 def comparison_table(outcome) -> Table:
@@ -46,7 +63,8 @@ def comparison_table(outcome) -> Table:
     table.add_column("metric")
     for name, metrics in columns.items():
         table.add_column(f"{name} (n={metrics['n']})", justify="right")
-    for row, render in ROWS:
+    abstains = any("selective" in metrics for metrics in columns.values())
+    for row, render in (*ROWS, *(SELECTIVE_ROWS if abstains else ())):
         table.add_row(row, *(render(metrics) for metrics in columns.values()))
     val_runs = [outcome.baseline["val"], *(None for _ in outcome.comparisons),
                 *([outcome.argmax["val"]] if outcome.argmax else []), outcome.optimized["val"]]

@@ -25,6 +25,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from vlmopt.metrics.classification import INVALID
+from vlmopt.reports.abstention_view import abstention_view
 from vlmopt.reports.run_view import HEADLINE_METRICS, RunView, load_run_view
 
 REPORT = "report.html"
@@ -210,6 +211,7 @@ def render_report(view: RunView) -> str:
         prompt=prompt_view(view.prompt),
         demo_effect=view.demo_effect,
         calibration=view.calibration,
+        abstention=abstention_view(view),
     )
 
 

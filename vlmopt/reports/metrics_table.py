@@ -51,6 +51,19 @@ def summary_table(metrics: Mapping[str, Any], *, title: str = "Metrics") -> Tabl
         for name, scores in metrics["per_field"].items():
             table.add_row(f"  {name}", f"{scores['accuracy']:.3f}", f"macro-F1 {scores['macro_f1']:.3f}")
 
+    selective = metrics.get("selective")
+    if selective:
+        rule = f"{selective['confidence']} < {selective['threshold']:.4g}"
+        table.add_row("coverage (answered)", f"{selective['coverage']:.3f}",
+                      f"{selective['n_abstained']} abstained ({rule}); {_interval(selective['coverage_ci'])}")
+        answered = selective["accuracy_answered"]
+        table.add_row("accuracy on answered", "n/a" if answered is None else f"{answered:.3f}",
+                      _interval(selective["accuracy_answered_ci"]))
+    other = metrics.get("other")
+    if other:
+        table.add_row(f"answered {other['label']!r} (other)", str(other["n_answered"]),
+                      f"{other['n_gold']} gold; precision {other['precision']:.3f}, recall {other['recall']:.3f}")
+
     calibration = metrics.get("calibration") or {}
     if calibration.get("n"):
         table.add_row("ECE", f"{calibration['ece']:.3f}", f"{calibration['n']} answers, {calibration['n_bins']} bins")

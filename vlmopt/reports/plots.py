@@ -1,9 +1,10 @@
-"""PNG plots of a metrics summary: confusion matrix and reliability diagram.
+"""PNG plots of a metrics summary: confusion matrix, reliability diagram, risk-coverage curve.
 
-Both take the JSON shapes that :func:`~vlmopt.metrics.summary.compute_metrics` writes
-(``metrics["confusion"]``, ``metrics["calibration"]``), so a report can redraw them from
-``metrics.json`` alone. Figures are drawn on matplotlib's Agg canvas without pyplot: no global
-figure state, no display needed, safe from worker threads. The PNG is exactly
+They take the JSON shapes that :func:`~vlmopt.metrics.summary.compute_metrics` writes
+(``metrics["confusion"]``, ``metrics["calibration"]``) or that optimize writes
+(``abstention.json``), so a report can redraw them from the run's files alone. Figures are
+drawn on matplotlib's Agg canvas without pyplot: no global figure state, no display needed,
+safe from worker threads. The PNG is exactly
 ``figsize * dpi`` pixels (no tight bounding box), so reports can lay them out predictably.
 
 Example::
@@ -118,4 +119,45 @@ def plot_reliability(
     share.plot(lower + width / 2, counts, color="grey", marker="o", linewidth=1)
     share.set_ylabel("answers in bin", color="grey")
     share.set_ylim(0, max(1, counts.max()) * 1.1)
+    return _save(fig, path, dpi)
+
+
+RISK_COVERAGE_PNG = "risk_coverage.png"
+_SPLIT_COLOURS = {"val": "tab:blue", "test": "tab:orange"}
+
+
+def plot_risk_coverage(
+    abstention: Mapping[str, Any],
+    path: str | Path,
+    *,
+    title: str = "Risk-coverage",
+    figsize: tuple[float, float] = (6.0, 4.5),
+    dpi: int = 100,
+) -> Path:
+    """Accuracy on the answered against coverage, val and test, from ``abstention.json``'s content.
+
+    Each split's curve is its ``curves[split]`` (one point per distinct confidence); the point
+    the threshold gives on that split (``at_threshold[split]``) is marked, and the goal is drawn as a dashed line (the
+    target accuracy, or the target coverage).
+    """
+    fig = _figure(figsize, dpi)
+    ax = fig.add_subplot()
+    for split, colour in _SPLIT_COLOURS.items():
+        points = abstention["curves"][split]
+        if points:
+            ax.step([p["coverage"] for p in points], [p["accuracy"] for p in points], where="post",
+                    color=colour, label=f"{split} (n={abstention['at_threshold'][split]['n']})")
+        at = abstention["at_threshold"][split]
+        if at["accuracy_answered"] is not None:
+            ax.plot([at["coverage"]], [at["accuracy_answered"]], marker="o", markersize=8, color=colour,
+                    markeredgecolor="black", linestyle="none")
+    goal = abstention["goal"]
+    ((name, value),) = goal.items()
+    line = ax.axhline if name == "target_accuracy" else ax.axvline
+    line(value, linestyle="--", color="grey", label=f"{name.replace('_', ' ')} {value:g}")
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("coverage (share of images answered)")
+    ax.set_ylabel("accuracy on the answered")
+    ax.set_title(f"{title}: {abstention['confidence']} >= {abstention['threshold']:.4g} (dots)")
+    ax.legend(loc="lower left")
     return _save(fig, path, dpi)

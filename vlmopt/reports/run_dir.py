@@ -28,6 +28,7 @@ PREDICTIONS = "predictions.jsonl"
 FAILURES = "failures.jsonl"
 METRICS = "metrics.json"
 CONFIG = "config.yaml"
+ABSTENTION = "abstention.json"
 
 
 class RunDirError(VlmoptError, OSError):

@@ -31,7 +31,7 @@ from vlmopt.metrics.classification import INVALID
 from vlmopt.metrics.multifield import fields_correct
 from vlmopt.metrics.multilabel import exact_match
 from vlmopt.metrics.records import Answer, PredictionRecord
-from vlmopt.reports.run_dir import CONFIG, METRICS, NotARunDir, RunDir
+from vlmopt.reports.run_dir import ABSTENTION, CONFIG, METRICS, NotARunDir, RunDir
 
 BASELINE_METRICS = "baseline_metrics.json"
 PROMPT = "prompt.json"
@@ -116,6 +116,7 @@ class Card:
     latency_s: float
     thumbnail: str | None
     image_ref: str | None
+    abstained: bool = False
 
     @classmethod
     def of(cls, record: PredictionRecord, output_kind: str) -> Card:
@@ -132,6 +133,7 @@ class Card:
             latency_s=record.latency_s,
             thumbnail=record.thumbnail if _is_image_data_uri(record.thumbnail) else None,
             image_ref=record.image_ref,
+            abstained=record.abstained,
         )
 
 
@@ -174,6 +176,7 @@ class RunView:
     prompt: Any | None
     demo_effect: dict[str, float] | None = None  # optimize runs: best val score per demo count
     calibration: dict[str, Any] | None = None  # optimize --calibrate: ReAnchor's weights, before/after
+    abstention: dict[str, Any] | None = None  # optimize --target-accuracy / --coverage: abstention.json
 
     @property
     def name(self) -> str:
@@ -233,4 +236,5 @@ def load_run_view(run_dir: str | Path) -> RunView:
         prompt=_read_json(path / PROMPT),
         demo_effect=(_read_json(path / TRIALS) or {}).get("demo_effect"),
         calibration=_read_json(path / CALIBRATION),
+        abstention=_read_json(path / ABSTENTION),
     )
