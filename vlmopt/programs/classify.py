@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dspy
 
+from vlmopt._dspy_compat import record_in_trace
 from vlmopt.config import TaskSpec
 from vlmopt.programs.adapter import NORMALIZED_KEY, RAW_KEY, create_adapter
 from vlmopt.programs.confidence import PROBABILITIES_KEY, prediction_probabilities
@@ -44,17 +45,22 @@ class Classify(dspy.Module):
         self.label_weights: dict[str, float] | None = None  # ReAnchor's fitted Choice weights, if kept
 
     @property
+    def _predictor(self) -> dspy.Predict:
+        return self.predict.predict if isinstance(self.predict, dspy.ChainOfThought) else self.predict
+
+    @property
     def signature(self) -> type[dspy.Signature]:
         """The signature as optimized (instructions included)."""
-        predictor = self.predict.predict if isinstance(self.predict, dspy.ChainOfThought) else self.predict
-        return predictor.signature
+        return self._predictor.signature
 
     def forward(self, image: dspy.Image) -> dspy.Prediction:
         with dspy.context(adapter=self.adapter):
             try:
                 pred = self.predict(image=image)
             except dspy.AdapterParseError as err:
-                return self._invalid(err.lm_response)
+                invalid = self._invalid(err.lm_response)
+                record_in_trace(self._predictor, {"image": image}, invalid)  # so GEPA reflects on it
+                return invalid
         pred.valid = True
         pred[NORMALIZED_KEY] = bool(pred.get(NORMALIZED_KEY, False))
         if self.label_weights:
