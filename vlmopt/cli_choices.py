@@ -38,3 +38,12 @@ class Objective(StrEnum):
     accuracy = "accuracy"
     tokens = "tokens"
     latency = "latency"
+
+
+class Method(StrEnum):
+    """A search method (``optimizer.method``, ``config.SEARCH_METHODS``)."""
+
+    mipro = "mipro"
+    gepa = "gepa"
+    simba = "simba"
+    random_search = "random_search"

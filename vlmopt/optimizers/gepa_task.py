@@ -134,7 +134,7 @@ def run_gepa(task: MethodTask) -> MethodResult:
             "score": float(score),
             "instruction": instruction_of(program),
             "n_demos": n_demos(program),
-            "parents": list(results.parents[i] or []),
+            "parents": [p for p in results.parents[i] or [] if p is not None],
             "discovered_at_metric_calls": results.discovery_eval_counts[i],
             "pareto": i in front,
         }
