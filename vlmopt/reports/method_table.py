@@ -31,8 +31,11 @@ def method_table(outcome) -> Table:
         table.add_column(f"{name}{mark} (n={run.test.metrics['n']})", justify="right")
     for row, render in ROWS[:3]:  # accuracy with its interval, macro-F1, invalid rate
         table.add_row(row, render(baseline), *(render(run.test.metrics) for run in runs.values()))
-    table.add_row("val accuracy (selected on)", f"{outcome.baseline['val'].metrics['accuracy']:.3f}",
-                  *(f"{run.val.metrics['accuracy']:.3f}" for run in runs.values()))
+    table.add_row(
+        "val accuracy (selected on)",
+        f"{outcome.baseline['val'].metrics['accuracy']:.3f}",
+        *(f"{run.val.metrics['accuracy']:.3f}" for run in runs.values()),
+    )
     table.add_row("model calls asked (budget unit)", "-", *(_calls(run.calls, "asked") for run in runs.values()))
     table.add_row("task-model calls reached", "-", *(_calls(run.calls, "reached_task") for run in runs.values()))
     table.add_row("wall time of the search", "-", *(f"{run.calls['wall_s']:.1f} s" for run in runs.values()))
