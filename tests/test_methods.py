@@ -173,3 +173,18 @@ def test_compare_skips_the_methods_that_cannot_run_with_a_one_line_note(colour_f
     outcome = optimize_task(cfg, lm=scripted_lm(ScriptedEngine(MethodVLM()), name="compare-offline", cache=True))
     assert list(outcome.methods) == ["random_search"]
     assert outcome.notes[0].startswith("skipped: optimizer.method 'simba' (dspy.SIMBA) needs a prompt model")
+
+
+def test_the_outer_study_chooses_the_method_as_one_of_its_dimensions(colour_folder, tmp_path):
+    cfg = method_config(colour_folder, tmp_path, method="random_search", search_methods=["gepa"], search_trials=3,
+                        budget_calls=80)
+    outcome = optimize_task(cfg, lm=scripted_lm(ScriptedEngine(MethodVLM()), name="study-methods", cache=True),
+                            prompt_lm=feedback_writer().lm())
+    search = json.loads((outcome.run.path / "search.json").read_text())
+    tried = {t["params"]["method"] for t in search["trials"] if t["state"] == "complete"}
+    assert tried <= {"random_search", "gepa"} and tried
+    best = next(t for t in search["trials"] if t["number"] == search["best"])
+    assert outcome.method == best["params"]["method"]
+    for path in (outcome.run.path / "search").iterdir():
+        history = json.loads(path.read_text())
+        assert history["method"] == history["settings"]["method"] and history["method_trials"]

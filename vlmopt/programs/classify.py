@@ -45,13 +45,14 @@ class Classify(dspy.Module):
         self.label_weights: dict[str, float] | None = None  # ReAnchor's fitted Choice weights, if kept
 
     @property
-    def _predictor(self) -> dspy.Predict:
+    def predictor(self) -> dspy.Predict:
+        """The one ``dspy.Predict`` holding the instruction and demos (inside ChainOfThought with reasoning)."""
         return self.predict.predict if isinstance(self.predict, dspy.ChainOfThought) else self.predict
 
     @property
     def signature(self) -> type[dspy.Signature]:
         """The signature as optimized (instructions included)."""
-        return self._predictor.signature
+        return self.predictor.signature
 
     def forward(self, image: dspy.Image) -> dspy.Prediction:
         with dspy.context(adapter=self.adapter):
@@ -59,7 +60,7 @@ class Classify(dspy.Module):
                 pred = self.predict(image=image)
             except dspy.AdapterParseError as err:
                 invalid = self._invalid(err.lm_response)
-                record_in_trace(self._predictor, {"image": image}, invalid)  # so GEPA reflects on it
+                record_in_trace(self.predictor, {"image": image}, invalid)  # so GEPA reflects on it
                 return invalid
         pred.valid = True
         pred[NORMALIZED_KEY] = bool(pred.get(NORMALIZED_KEY, False))
