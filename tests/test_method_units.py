@@ -115,3 +115,17 @@ def test_the_outer_study_can_choose_the_method(tmp_path):
     settings = {name: choices[-1] for name, choices in space.to_json().items()}
     assert apply_settings(cfg, settings).optimizer.method == "gepa"
     assert SearchSpace.from_config(study_config(tmp_path, tmp_path)).method == ("mipro",)  # pinned by default
+
+
+def test_the_cli_refuses_a_method_without_its_writer_and_an_unknown_compare_name_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmopt.cli import app
+
+    config = tmp_path / "colours.yaml"
+    config.write_text(study_config(make_colour_folder(tmp_path / "c", per_class=2), tmp_path).model_dump_yaml())
+    refused = CliRunner().invoke(app, ["optimize", str(config), "--method", "simba"])
+    assert refused.exit_code == 2 and "needs a prompt model for its rules" in refused.output
+    assert "Traceback" not in refused.output and not (tmp_path / "runs").exists()  # before any work
+    unknown = CliRunner().invoke(app, ["optimize", str(config), "--compare", "mipro,bogus"])
+    assert unknown.exit_code == 2 and "optimizer.compare" in unknown.output and "Traceback" not in unknown.output

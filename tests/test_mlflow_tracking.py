@@ -17,13 +17,14 @@ mlflow = pytest.importorskip("mlflow")
 def test_an_optimize_run_its_methods_and_candidates_are_logged_to_mlflow(tmp_path):
     folder = make_colour_folder(tmp_path / "colours", per_class=10, step=2)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)  # artifacts in tmp too (a sqlite store's default is ./mlruns)
+    client.create_experiment("colours", artifact_location=(tmp_path / "artifacts").as_uri())
     cfg = method_config(folder, tmp_path, compare=["random_search", "gepa"], budget_calls=120)
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"mlflow_tracking_uri": uri,
                                                                    "mlflow_experiment": "colours"})})
     outcome = optimize_task(cfg, lm=scripted_lm(ScriptedEngine(MethodVLM()), name="mlflow", cache=True),
                             prompt_lm=feedback_writer().lm())
 
-    client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("colours")
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -33,6 +34,7 @@ def test_an_optimize_run_its_methods_and_candidates_are_logged_to_mlflow(tmp_pat
     assert parent.data.metrics["baseline_test_accuracy"] == outcome.baseline["test"].metrics["accuracy"]
     files = {f.path for f in client.list_artifacts(parent.info.run_id)}
     assert {"artifact.json", "report.html", "metrics.json", "trials.json", "comparison.json"} <= files
+    assert (tmp_path / "artifacts").is_dir()
     local = client.download_artifacts(parent.info.run_id, "artifact.json", str(tmp_path / "down"))
     assert json.loads(open(local).read()) == json.loads(outcome.artifact.read_text())
 

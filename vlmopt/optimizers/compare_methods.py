@@ -14,7 +14,7 @@ which the "reached" count shows and the "asked" count (the budget's unit) does n
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import dspy
@@ -24,6 +24,7 @@ from vlmopt.config import TaskConfig
 from vlmopt.datasets import LoadedSplits
 from vlmopt.evaluate import EvalOutcome, SplitInfo, evaluate_program
 from vlmopt.optimizers.call_count import counting_calls
+from vlmopt.optimizers.prompt_model import PromptModel
 from vlmopt.optimizers.search import Winner, search_program
 from vlmopt.reports.run_dir import RunDir
 
@@ -37,10 +38,9 @@ class MethodRun:
     val: EvalOutcome
     calls: dict[str, Any]
     test: EvalOutcome | None = None
-    notes: list[str] = field(default_factory=list)
 
 
-def compare_methods(
+def search_or_compare(
     cfg: TaskConfig,
     splits: LoadedSplits,
     lm: dspy.LM,
@@ -51,9 +51,10 @@ def compare_methods(
     lm_factory=None,
     console: Console | None = None,
 ) -> tuple[Winner, dict[str, MethodRun]]:
-    """Run each of ``methods``; return the best on val (with every run) — test is not touched here."""
-    from vlmopt.optimizers.prompt_model import PromptModel
-
+    """Each of ``methods`` when ``optimizer.compare`` names search methods, the best on val winning (test is not
+    touched here); else the one search (and no runs)."""
+    if not any(m in methods for m in cfg.optimizer.compare):
+        return search_program(cfg, splits, lm, run=run, prompt_lm=prompt_lm, lm_factory=lm_factory, console=console), {}
     prompt = PromptModel.resolve(cfg, prompt_lm)  # one writer for every method, loaded once
     runs: dict[str, MethodRun] = {}
     for name in methods:
@@ -99,25 +100,6 @@ def compare_methods(
         if r is not best:
             chosen.notes.extend(f"{r.name}: {note}" for note in r.winner.notes)
     return chosen, runs
-
-
-def search_or_compare(
-    cfg: TaskConfig,
-    splits: LoadedSplits,
-    lm: dspy.LM,
-    methods: list[str],
-    *,
-    run: RunDir,
-    prompt_lm: dspy.LM | None = None,
-    lm_factory=None,
-    console: Console | None = None,
-) -> tuple[Winner, dict[str, MethodRun]]:
-    """The comparison when ``optimizer.compare`` names search methods, else the one search (no runs)."""
-    if any(m in methods for m in cfg.optimizer.compare):
-        return compare_methods(
-            cfg, splits, lm, methods, run=run, prompt_lm=prompt_lm, lm_factory=lm_factory, console=console
-        )
-    return search_program(cfg, splits, lm, run=run, prompt_lm=prompt_lm, lm_factory=lm_factory, console=console), {}
 
 
 def score_on_test(
