@@ -31,7 +31,7 @@ from vlmopt.pipeline import configure_cache
 from vlmopt.reports.run_dir import RunDir
 from vlmopt.testing.scripted_engine import ScriptedEngine, scripted_lm
 
-FIELDS = ["adapter", "reasoning", "structured_generation", "max_labeled_demos", "max_bootstrapped_demos",
+FIELDS = ["method", "adapter", "reasoning", "structured_generation", "max_labeled_demos", "max_bootstrapped_demos",
           "max_image_side", "num_candidates", "num_trials"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
