@@ -69,6 +69,7 @@ def search_or_compare(
                 lm_factory=lm_factory,
                 console=console,
                 prompt=prompt,
+                study_name=f"{cfg.name or 'run'}-{name}-search",  # with --search, one outer study per method
             )
         val = evaluate_program(
             winner.program,

@@ -53,6 +53,6 @@ class PromptModel:
     def resolve(cls, cfg: TaskConfig, given: dspy.LM | None = None) -> PromptModel:
         """The prompt model a caller passed (assumed to see images), else the config's (built for the job)."""
         if given is not None:
-            return cls(given, True, cfg.optimizer.prompt_model or "the given prompt LM")
+            return cls(given, True, "the given prompt LM")
         lm, sees_images, how = create_prompt_lm(cfg)
         return cls(job_owned(lm) if lm is not None else None, sees_images, cfg.optimizer.prompt_model, how)

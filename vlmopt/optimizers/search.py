@@ -50,7 +50,8 @@ class Winner:
 
 def search_program(cfg: TaskConfig, splits: LoadedSplits, lm: dspy.LM, *, run: RunDir,
                    prompt_lm: dspy.LM | None = None, lm_factory: LmFactory | None = None,
-                   console: Console | None = None, prompt: PromptModel | None = None) -> Winner:
+                   console: Console | None = None, prompt: PromptModel | None = None,
+                   study_name: str | None = None) -> Winner:
     """The config's method on train/val, or the outer study when ``optimizer.search_trials`` is set."""
     if not cfg.optimizer.search_trials:
         result = run_method(cfg, splits, lm, prompt or PromptModel.resolve(cfg, prompt_lm))
@@ -58,7 +59,7 @@ def search_program(cfg: TaskConfig, splits: LoadedSplits, lm: dspy.LM, *, run: R
                       method=result.method, details=result.details)
     factory = lm_factory or shared_lm_factory(lambda c: lm if same_engine(c, cfg) else job_owned(create_lm(c)))
     search = run_search(cfg, run=run, lm_factory=factory, prompt_lm=prompt_lm, splits=splits, console=console,
-                        objectives=cfg.optimizer.search_objectives, prompt=prompt)
+                        objectives=cfg.optimizer.search_objectives, prompt=prompt, study_name=study_name)
     best = rebuild_trial(cfg, search.best, search.best_splits())
     history = [{"trial": t.number, "score": t.values[0], "params": t.params} for t in search.trials]
     notes = [*search.notes, f"outer search: {len(search.trials)} trials in {search.storage} ({search.study_name}); "
