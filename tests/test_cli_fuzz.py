@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 import vlmopt.errors
 from vlmopt.artifacts import save_artifact
 from vlmopt.cli import app
-from vlmopt.cli_choices import AbstainConfidence, Backend, ExportFormat, Objective, Split
+from vlmopt.cli_choices import AbstainConfidence, Backend, ExportFormat, Method, Objective, Split
 from vlmopt.config import AbstainConfig, BackendConfig, OptimizerConfig, TaskConfig
 from vlmopt.errors import OFFLINE_HINT
 from vlmopt.export import FORMATS
@@ -246,8 +246,9 @@ def test_choices_are_the_librarys_and_help_lists_them():
     (objective,) = get_args(OptimizerConfig.model_fields["search_objectives"].annotation)
     assert {o.value for o in Objective} == set(get_args(objective))
     assert {c.value for c in AbstainConfidence} == set(get_args(AbstainConfig.model_fields["confidence"].annotation))
+    assert {m.value for m in Method} == set(get_args(OptimizerConfig.model_fields["method"].annotation))
     for command, choices in (("evaluate", [*Split, *Backend]), ("export", ExportFormat),
-                             ("optimize", [*Objective, *AbstainConfidence])):
+                             ("optimize", [*Objective, *AbstainConfidence, *Method])):
         shown = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
         assert all(choice.value in shown for choice in choices), (command, shown)
 

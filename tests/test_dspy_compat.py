@@ -25,6 +25,7 @@ from dspy_boundary import package_sources, violations
 from vlmopt import _dspy_compat as compat
 from vlmopt.datasets.images import to_dspy_image
 from vlmopt.testing.scripted_engine import ScriptedEngine, scripted_lm
+from vlmopt.testing.scripted_writer import ScriptedWriter, call_text
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = to_dspy_image(Image.new("RGB", (4, 4), "red"), fmt="PNG").url
@@ -239,6 +240,31 @@ def test_input_keys_are_the_with_inputs_keys_and_none_when_never_set():
     assert compat.input_keys(example) == ["image", "label"]
     assert compat.input_keys(example.copy(reasoning="s")) == ["image", "label"]
     assert compat.input_keys(dspy.Example(augmented=True, image="i", label="cat")) is None
+
+
+def test_instruction_proposer_shows_images_and_feedback_and_returns_one_instruction_per_component():
+    writer = ScriptedWriter(lambda call, fields: {"new_instruction": "Look at the colour."})
+    example = {"Inputs": {"image": dspy.Image(PNG)}, "Generated Outputs": {"label": "cat"},
+               "Feedback": "Wrong: confused dog -> cat"}
+    with dspy.context(lm=writer.lm()):
+        proposed = compat.InstructionProposer()(candidate={"predict": "Classify."},
+                                                reflective_dataset={"predict": [example]},
+                                                components_to_update=["predict"])
+    assert proposed == {"predict": "Look at the colour."}
+    (call,) = writer.calls
+    assert "Wrong: confused dog -> cat" in call_text(call) and "Classify." in call_text(call)
+    assert sum(len(images) for _, _, images in call.turns) == 1  # the image went as image content
+
+
+def test_record_in_trace_appends_like_predict_only_while_tracing_and_keeps_the_cap():
+    predictor, pred = dspy.Predict(Letters), dspy.Prediction(label=None)
+    compat.record_in_trace(predictor, {"text": "x"}, pred)  # no trace outside compiling: nothing to do
+    with dspy.context(trace=[]):
+        compat.record_in_trace(predictor, {"text": "x"}, pred)
+        assert dspy.settings.trace == [(predictor, {"text": "x"}, pred)]
+    with dspy.context(trace=[("old", {}, None)], max_trace_size=1):
+        compat.record_in_trace(predictor, {"text": "y"}, pred)
+        assert dspy.settings.trace == [(predictor, {"text": "y"}, pred)]
 
 
 # ─── settings ──────────────────────────────────────────────────────────────────────────────────

@@ -65,3 +65,35 @@ def test_reanchor_recovers_accuracy_under_a_wrong_instruction_and_the_artifact_r
     _, again = evaluate_task(load_config(config), split="val", artifact=run / "artifact.json")
     assert again.metrics["accuracy"] == summary["val"]["after"]["accuracy"] > summary["val"]["before"]["accuracy"]
     assert again.model_calls == 0  # the frozen, calibrated program replays the same measured calls
+
+
+@pytest.mark.slow
+def test_search_methods_side_by_side_on_the_micro_vlm_without_a_writing_model(tmp_path):
+    """Real model, no prompt model: MIPROv2 and GEPA over the candidate instructions and random search
+    over demo sets run on the same splits under one budget in model calls; SIMBA (it writes rules)
+    is skipped with its one-line reason. The table is the README's comparison."""
+    cfg = offline_demo_config(tmp_path)
+    cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={
+        "compare": ["mipro", "gepa", "random_search", "simba"], "budget_calls": 240})})
+    outcome = optimize_task(cfg)
+    assert list(outcome.methods) == ["mipro", "gepa", "random_search"]
+    assert outcome.notes[0].startswith("skipped: optimizer.method 'simba'")
+    record = json.loads((outcome.run.path / "comparison.json").read_text())
+    val = {name: m["val"]["accuracy"] for name, m in record["methods"].items()}
+    assert val[record["winner"]] == max(val.values())
+    for name, method_run in outcome.methods.items():
+        assert method_run.calls["asked_task"] <= 240 + 24, name  # the budget, plus at most one val pass
+        assert method_run.test.metrics["n"] == 24
+    # the instruction searches find the row question; demos alone cannot tell rows from columns
+    for name in ("mipro", "gepa"):
+        assert "row" in record["methods"][name]["instruction"], name
+        assert record["methods"][name]["test"]["accuracy"] - outcome.baseline["test"].metrics["accuracy"] >= 0.3
+
+    from rich.console import Console
+
+    from vlmopt.reports.method_table import method_table
+
+    console = Console(width=160, record=True)
+    console.print(method_table(outcome))
+    (tmp_path / "table.txt").write_text(console.export_text())
+    print(console.export_text())

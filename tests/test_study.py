@@ -31,7 +31,7 @@ from vlmopt.pipeline import configure_cache
 from vlmopt.reports.run_dir import RunDir
 from vlmopt.testing.scripted_engine import ScriptedEngine, scripted_lm
 
-FIELDS = ["adapter", "reasoning", "structured_generation", "max_labeled_demos", "max_bootstrapped_demos",
+FIELDS = ["method", "adapter", "reasoning", "structured_generation", "max_labeled_demos", "max_bootstrapped_demos",
           "max_image_side", "num_candidates", "num_trials"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -108,7 +108,7 @@ def test_single_objective_study_runs_the_trials_and_keeps_what_rebuilds_them(sin
     for trial in trials:
         assert list(trial.params) == FIELDS
         history = json.loads(Path(trial.user_attrs["history"]).read_text())
-        assert history["settings"] == trial.params and history["mipro_trials"]
+        assert history["settings"] == trial.params and history["method_trials"]
         assert trial.user_attrs["program"]["instruction"] in history["instruction_candidates"]
         assert trial.user_attrs["metrics"]["val_accuracy"] == trial.value
 

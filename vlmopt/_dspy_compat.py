@@ -181,6 +181,16 @@ prompt model that cannot write.
 """
 
 
+InstructionProposer = _private("dspy.teleprompt.gepa", "InstructionProposer")
+"""GEPA's default instruction proposer (DSPy 3.4.1, exported by ``dspy.teleprompt.gepa`` only).
+
+``optimizers/gepa_task`` passes it to ``dspy.GEPA`` explicitly (and wraps it for a text-only
+reflection model): called as ``proposer(candidate=..., reflective_dataset=...,
+components_to_update=[...])`` it asks the LM in context for one new instruction per component,
+sending each ``dspy.Image`` of the reflective examples as image content.
+"""
+
+
 def input_keys(example: dspy.Example) -> list[str] | None:
     """The input keys set by ``with_inputs`` (sorted), None when never set (a bootstrapped demo).
 
@@ -231,6 +241,22 @@ def mipro_best_score(program: dspy.Module) -> float:
     return float(program.score) / 100.0
 
 
+def record_in_trace(predictor: dspy.Predict, inputs: dict[str, Any], prediction: dspy.Prediction) -> None:
+    """Append ``(predictor, inputs, prediction)`` to the running trace, as ``dspy.Predict`` does for an answer.
+
+    ``programs/classify.Classify`` turns an unparseable answer into an invalid prediction instead of
+    raising, so DSPy's predictor never traces it; recorded here, GEPA's reflective dataset holds the
+    invalid answer (and its raw text) with its feedback. DSPy keeps the trace as the undocumented
+    list ``dspy.settings.trace`` (None outside compiling), capped at ``max_trace_size``.
+    """
+    trace = dspy.settings.trace
+    if trace is None or dspy.settings.max_trace_size <= 0:
+        return
+    if len(trace) >= dspy.settings.max_trace_size:
+        trace.pop(0)
+    trace.append((predictor, dict(inputs), prediction))
+
+
 # ─── settings ──────────────────────────────────────────────────────────────────────────────────
 
 UNTRACKED_SETTINGS = {"usage_tracker": None, "disable_history": True}
@@ -263,6 +289,8 @@ def _require_internals() -> None:
     require_method(_DecisionState, "_decode", ("answers",))
     if "_input_keys" not in vars(dspy.Example()):
         raise DSPyCompatError("dspy.Example._input_keys")
+    if not {"trace", "max_trace_size"} <= dspy.settings.config.keys():
+        raise DSPyCompatError("dspy.settings keys ['max_trace_size', 'trace']")
     if not UNTRACKED_SETTINGS.keys() <= dspy.settings.config.keys():
         raise DSPyCompatError(f"dspy.settings keys {sorted(UNTRACKED_SETTINGS)}")
 

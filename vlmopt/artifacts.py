@@ -110,7 +110,7 @@ def response_format(signature: type[dspy.Signature]) -> dict[str, Any]:
 def render_prompt(program: Classify, structured: bool) -> dict[str, Any]:
     """The chat messages the program's adapter sends, with the query image as ``{image}``."""
     signature = program.signature
-    messages = program.adapter.format(signature, program.predict.demos, {"image": dspy.Image(_SLOT_URL)})
+    messages = program.adapter.format(signature, program.predictor.demos, {"image": dspy.Image(_SLOT_URL)})
     text = json.dumps(messages, ensure_ascii=False).replace(_SLOT_URL, IMAGE_SLOT)
     prompt: dict[str, Any] = {"messages": json.loads(text), "image_slot": IMAGE_SLOT}
     prompt["response_format"] = response_format(signature) if structured else None

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from vlmopt.cli_baseline import baseline
-from vlmopt.cli_choices import AbstainConfidence, Backend, ExportFormat, Objective, Split
+from vlmopt.cli_choices import AbstainConfidence, Backend, ExportFormat, Method, Objective, Split
 from vlmopt.cli_errors import check_output_file, err_console, user_errors
 from vlmopt.config import ConfigError, TaskConfig, load_config
 
@@ -173,8 +173,21 @@ def optimize(
     worker: Annotated[bool, typer.Option(
         "--worker", help="Only add trials to a shared study (needs --storage); no baseline, test or artifact.",
     )] = False,
+    method: Annotated[Method | None, typer.Option(
+        help="The DSPy optimizer that searches: MIPROv2, GEPA, SIMBA or random search over demo sets.",
+    )] = None,
+    compare: Annotated[str | None, typer.Option(
+        help="Comma-separated methods (e.g. mipro,gepa,simba,random_search) run on the same splits; the best on "
+        "val is the artifact and a table compares them on test (accuracy, macro-F1, invalid rate, calls, time).",
+    )] = None,
+    budget_calls: Annotated[int | None, typer.Option(
+        min=1, help="Task-model calls each method may ask for (one unit for every method).",
+    )] = None,
 ) -> None:
-    """Search instructions and few-shot image demos (MIPROv2) on val; freeze the winner; report it on test.
+    """Search instructions and few-shot image demos on val; freeze the winner; report it on test.
+
+    --method picks the optimizer (MIPROv2 by default; GEPA and SIMBA need optimizer.prompt_model
+    or, for GEPA, optimizer.instructions); --compare runs several and keeps the best on val.
 
     With --search N, an outer Optuna study also searches the program choices MIPROv2 does not;
     several `--worker` processes can share one study through --storage. A killed study resumes
@@ -192,7 +205,8 @@ def optimize(
     raw = cfg.model_dump()
     objectives = [o.value for o in objective] if objective else None
     updates = {"search_trials": search_trials, "storage": storage, "search_objectives": objectives,
-               "calibrate": calibrate}
+               "calibrate": calibrate, "method": method.value if method else None, "budget_calls": budget_calls,
+               "compare": [m.strip() for m in compare.split(",") if m.strip()] if compare else None}
     raw["optimizer"].update({k: v for k, v in updates.items() if v is not None})
     raw["optimizer"]["abstain"] = _abstain_settings(raw["optimizer"]["abstain"], target_accuracy, coverage,
                                                     abstain_confidence)
@@ -204,6 +218,10 @@ def optimize(
         return
     outcome = optimize_task(cfg, console=console)
     console.print(comparison_table(outcome))
+    if outcome.methods:
+        from vlmopt.reports.method_table import method_table
+
+        console.print(method_table(outcome))
     from vlmopt.optimizers.mipro import demo_effect
 
     effect = demo_effect(outcome.history)

@@ -46,3 +46,12 @@ class AbstainConfidence(StrEnum):
     auto = "auto"
     max_prob = "max_prob"
     margin = "margin"
+
+
+class Method(StrEnum):
+    """A search method (``optimizer.method``, ``config.SEARCH_METHODS``)."""
+
+    mipro = "mipro"
+    gepa = "gepa"
+    simba = "simba"
+    random_search = "random_search"

@@ -184,6 +184,11 @@ def _check_label_list(values: list[str], where: str) -> None:
         raise ValueError(f"{where} repeats {dupes}")
 
 
+SearchMethod = Literal["mipro", "gepa", "simba", "random_search"]
+SEARCH_METHODS: tuple[str, ...] = ("mipro", "gepa", "simba", "random_search")
+"""DSPy's MIPROv2, GEPA, SIMBA and BootstrapFewShotWithRandomSearch (``optimizers/methods``)."""
+
+
 class AbstainConfig(_Section):
     """When to abstain: a threshold on the measured confidence, chosen on val for exactly one goal."""
 
@@ -207,6 +212,16 @@ class AbstainConfig(_Section):
 class OptimizerConfig(_Section):
     """MIPROv2 settings (and the outer Optuna search); the optimize command reads these."""
 
+
+class OptimizerConfig(_Section):
+    """The search (MIPROv2, GEPA, SIMBA or random search; the outer Optuna study); optimize reads these."""
+
+    method: SearchMethod = Field("mipro", description="Which DSPy optimizer searches the prompt on train/val.")
+    budget_calls: int | None = Field(
+        None, ge=1, description="Task-model calls the search may ask for, one unit for every method (MIPROv2 "
+        "trials x minibatch, GEPA max_metric_calls, SIMBA steps x batch, random search candidates x val); "
+        "unset: each method's own default budget.",
+    )
     auto: Literal["light", "medium", "heavy"] | None = "light"
     num_candidates: int | None = Field(None, ge=1)
     num_trials: int | None = Field(None, ge=1)
@@ -214,11 +229,19 @@ class OptimizerConfig(_Section):
     max_labeled_demos: int = Field(2, ge=0)
     minibatch: bool = True
     minibatch_size: int = Field(25, ge=1)
-    prompt_model: str | None = Field(None, description="LiteLLM id or local dir; default: the task model.")
+    prompt_model: str | None = Field(
+        None, description="The writing model every method that writes prompts uses (MIPROv2's proposer, GEPA's "
+        "reflection, SIMBA's rules): a LiteLLM id, an OpenAI-compatible URL (http://host:8000/v1, '#<model>' "
+        "to pick one of several served), a local model dir, or 'none'; default: the task model.",
+    )
     demo_max_image_side: int = Field(384, ge=16, description="Demo images are downscaled to this side.")
     instructions: list[str] = Field(default_factory=list, description="Candidate instructions to search.")
-    compare: list[Literal["labeled_fewshot", "bootstrap_fewshot"]] = Field(
-        default_factory=list, description="Simpler DSPy optimizers to report beside MIPROv2 on test."
+    compare: list[Literal["labeled_fewshot", "bootstrap_fewshot", SearchMethod]] = Field(
+        default_factory=list, description="Search methods to run on the same splits (the best on val is the "
+        "artifact), and simpler DSPy optimizers to report beside them on test.",
+    )
+    search_methods: list[SearchMethod] = Field(
+        default_factory=list, description="Methods the outer study chooses among (default: optimizer.method only)."
     )
     search_trials: int = Field(0, ge=0, description="Outer Optuna trials over program choices (0 = off).")
     search_objectives: list[Literal["accuracy", "tokens", "latency"]] = Field(
@@ -259,6 +282,10 @@ class RunConfig(_Section):
     output_dir: str = "runs"
     num_threads: int = Field(4, ge=1)
     cache_dir: str = Field(".vlmopt_cache", description="DSPy disk cache (replays finished calls on rerun).")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="Log each optimize run and its trials to MLflow here (e.g. sqlite:///mlflow.db)."
+    )
+    mlflow_experiment: str | None = Field(None, description="MLflow experiment name; default: the run name.")
 
 
 class TaskConfig(_Section):

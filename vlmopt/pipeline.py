@@ -25,9 +25,11 @@ from vlmopt.datasets import LoadedSplits, load_splits
 from vlmopt.evaluate import EvalOutcome, SplitInfo, evaluate_program
 from vlmopt.metrics import metric_for
 from vlmopt.optimizers.abstention import abstention_summary, choose_abstention
+from vlmopt.optimizers.compare_methods import comparison_record, score_on_test, search_or_compare
+from vlmopt.optimizers.methods import METHODS, methods_to_run
 from vlmopt.optimizers.mipro import compile_comparison, demo_effect
 from vlmopt.optimizers.reanchor import calibrate_decision, calibration_summary
-from vlmopt.optimizers.search import Winner, search_program
+from vlmopt.optimizers.search import Winner
 from vlmopt.optimizers.trial_program import demo_trainset
 from vlmopt.programs import create_program
 from vlmopt.reports.html import write_report
@@ -122,6 +124,8 @@ class OptimizeOutcome:
     notes: list[str] = field(default_factory=list)
     comparisons: dict[str, EvalOutcome] = field(default_factory=dict)  # optimizer name -> its test run
     argmax: dict[str, EvalOutcome] = field(default_factory=dict)  # before ReAnchor's weights, when they were kept
+    method: str = "mipro"  # the search method whose program is the artifact
+    methods: dict[str, Any] = field(default_factory=dict)  # --compare: method name -> its MethodRun
 
 
 def provenance(cfg: TaskConfig, split_fingerprint: str) -> dict[str, Any]:
@@ -165,8 +169,11 @@ def optimize_task(
     test), ``predictions.jsonl`` and ``metrics.json`` (the winner on test),
     ``baseline_metrics.json``, ``trials.json``, ``prompt.json``, ``artifact.json``, ``report.html``;
     with ``optimizer.calibrate``, ``calibration.json`` (ReAnchor on val, before and after); with
-    ``optimizer.abstain``, ``abstention.json`` and ``risk_coverage.png`` (threshold chosen on val).
+    ``optimizer.abstain``, ``abstention.json`` and ``risk_coverage.png`` (threshold chosen on val); with
+    search methods in ``optimizer.compare``, ``comparison.json`` (each method on val and test).
+    A method that cannot run (no prompt model) is refused, or skipped in a comparison, before any work.
     """
+    methods, skipped = methods_to_run(cfg)
     started = time.perf_counter()
     run, splits, lm, calls_before = _start_run(cfg, lm)
     threads = cfg.run.num_threads
@@ -182,7 +189,9 @@ def optimize_task(
                                  split=test, **base),
     }
     baseline["test"].metrics.update(_cost("prompt-baseline", _calls_since(lm, calls_before), started))
-    winner = search_program(cfg, splits, lm, run=run, prompt_lm=prompt_lm, lm_factory=lm_factory, console=console)
+    winner, method_runs = search_or_compare(cfg, splits, lm, methods, run=run, prompt_lm=prompt_lm,
+                                            lm_factory=lm_factory, console=console)
+    winner.notes[:0] = skipped
     won = dict(lm=winner.lm, task=winner.cfg.task, **common)
     optimized = {"val": evaluate_program(winner.program, winner.splits.val, description="optimized val", split=val,
                                          **won)}
@@ -200,8 +209,12 @@ def optimize_task(
     if uncalibrated is not None:  # the same test calls, replayed from the cache: only the decision differs
         argmax["test"] = evaluate_program(uncalibrated, winner.splits.test, description="argmax test", split=test,
                                           replays=optimized["test"], **won)
+    if method_runs:
+        score_on_test(method_runs, winner.method, optimized["test"], splits, console)
+        run.write_json("comparison.json", comparison_record(method_runs, winner.method, baseline["test"]))
     comparisons: dict[str, EvalOutcome] = {}
-    if cfg.optimizer.compare:  # the search downscaled its own demo pool; only comparisons need another
+    simple = [name for name in cfg.optimizer.compare if name not in METHODS]
+    if simple:  # the search downscaled its own demo pool; only comparisons need another
         trainset = demo_trainset(splits.train, cfg.optimizer.demo_max_image_side)
         metric = metric_for(cfg.task.output, fields=list(cfg.task.fields or {}) or None)
         comparisons = {
@@ -209,7 +222,7 @@ def optimize_task(
                 compile_comparison(name, program, trainset, metric=metric, settings=cfg.optimizer, lm=lm),
                 splits.test, description=f"{name} test", split=test, **base,
             )
-            for name in cfg.optimizer.compare
+            for name in simple
         }
     run.write_json("baseline_metrics.json", baseline["test"].metrics)
     for name, outcome in comparisons.items():
@@ -223,8 +236,9 @@ def optimize_task(
         run.write_json("calibration.json", calibration)
     if winner.program.abstention:
         winner.notes.extend(_report_abstention(run, winner.program.abstention, optimized))
-    run.write_json("trials.json", {"instruction_candidates": winner.instruction_candidates,
-                                   "demo_effect": demo_effect(winner.history), "trials": winner.history})
+    run.write_json("trials.json", {"method": winner.method, "instruction_candidates": winner.instruction_candidates,
+                                   "demo_effect": demo_effect(winner.history), "trials": winner.history,
+                                   "details": winner.details})
     artifact = save_artifact(
         winner.program,
         winner.cfg,
@@ -245,8 +259,13 @@ def optimize_task(
     calls = _calls_since(lm, calls_before)
     optimized["test"].metrics.update(_cost("prompt-optimized", calls, started))
     _finish_run(run, optimized["test"].metrics)
-    return OptimizeOutcome(run, baseline, optimized, winner.history, artifact, calls, winner.notes, comparisons,
-                           argmax)
+    outcome = OptimizeOutcome(run, baseline, optimized, winner.history, artifact, calls, winner.notes, comparisons,
+                              argmax, winner.method, method_runs)
+    if cfg.run.mlflow_tracking_uri:
+        from vlmopt.reports.mlflow_tracking import log_optimize_run
+
+        log_optimize_run(cfg, outcome)
+    return outcome
 
 
 def _calibrate(winner: Winner, optimized_val: EvalOutcome,

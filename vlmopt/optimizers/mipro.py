@@ -23,17 +23,17 @@ Example::
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
 
 from vlmopt._dspy_compat import mipro_best_score, mipro_trials
 from vlmopt.config import OptimizerConfig
+from vlmopt.optimizers import budget
+from vlmopt.optimizers.method_task import MethodResult
+from vlmopt.optimizers.prompt_model import NO_PROMPT_MODEL
 
 logger = logging.getLogger(__name__)
-
-NO_PROMPT_MODEL = "none"
 
 
 class ImageMIPROv2(dspy.MIPROv2):
@@ -74,22 +74,18 @@ def _unique(texts: list[str]) -> list[str]:
     return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
 
 
-@dataclass
-class MiproResult:
-    program: dspy.Module
-    val_score: float
-    history: list[dict[str, Any]]
-    instruction_candidates: list[str]
-    notes: list[str] = field(default_factory=list)
-    trainset: list[dspy.Example] = field(default_factory=list)  # what the demos were drawn from
-
-
-def mipro_budget(settings: OptimizerConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+def mipro_budget(settings: OptimizerConfig, n_val: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(constructor kwargs, compile kwargs) for MIPROv2 from the optimizer section.
 
     ``auto`` picks DSPy's preset budget; explicit ``num_candidates`` / ``num_trials`` replace it
-    (MIPROv2 refuses both at once).
+    (MIPROv2 refuses both at once); ``budget_calls`` sets the trials (``budget.mipro_trials``).
     """
+    if settings.budget_calls is not None and n_val is not None:
+        n = settings.num_candidates or 4
+        minibatched = settings.minibatch and n_val > settings.minibatch_size
+        per_trial = settings.minibatch_size if minibatched else n_val
+        knob = budget.mipro_trials(settings.budget_calls, n_val, per_trial)
+        return {"auto": None, "num_candidates": n}, {"num_trials": knob.value}
     explicit = settings.num_candidates is not None or settings.num_trials is not None
     if explicit:
         n = settings.num_candidates or 4
@@ -109,9 +105,9 @@ def run_mipro(
     num_threads: int,
     prompt_lm: dspy.LM | None = None,
     prompt_model_sees_images: bool = True,
-) -> MiproResult:
+) -> MethodResult:
     """Search instructions x demo sets on val; return the best program and the trial history."""
-    init_kwargs, compile_kwargs = mipro_budget(settings)
+    init_kwargs, compile_kwargs = mipro_budget(settings, len(valset))
     use_proposer = settings.prompt_model != NO_PROMPT_MODEL
     optimizer = ImageMIPROv2(
         metric=metric,
@@ -142,13 +138,14 @@ def run_mipro(
         fewshot_aware_proposer=use_proposer and prompt_model_sees_images,
         **compile_kwargs,
     )
-    return MiproResult(
+    return MethodResult(
         program=best,
         val_score=mipro_best_score(best),
         history=trial_history(best),
         instruction_candidates=optimizer.instruction_candidates,
         notes=optimizer.notes,
         trainset=trainset,
+        method="mipro",
     )
 
 

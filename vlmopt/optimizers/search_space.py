@@ -1,9 +1,10 @@
-"""The outer search space: the program choices MIPROv2 itself does not search.
+"""The outer search space: the program choices the search method itself does not search.
 
-MIPROv2 searches instructions x demo sets for one fixed program. Whether that program should
-think aloud, how it is framed, whether decoding is constrained, how many demos it may carry, how
-large the images are (the main driver of prompt tokens and latency for a VLM) and how much
-search budget MIPROv2 gets are choices *around* it; an outer Optuna study picks them.
+A method (MIPROv2, GEPA, SIMBA, random search) searches instructions and demos for one fixed
+program. Whether that program should think aloud, how it is framed, whether decoding is
+constrained, how many demos it may carry, how large the images are (the main driver of prompt
+tokens and latency for a VLM), how much search budget MIPROv2 gets — and which method searches
+(``optimizer.search_methods``) — are choices *around* it; an outer Optuna study picks them.
 
 Every dimension is a finite categorical (a grid), so a trial's settings are plain JSON values,
 duplicates are exact comparisons and the grid's size bounds how many distinct trials exist. The
@@ -36,6 +37,7 @@ DEFAULT_NUM_CANDIDATES = 6
 class SearchSpace:
     """Choices per dimension; the field names are the Optuna parameter names."""
 
+    method: tuple[str, ...] = ("mipro",)
     adapter: tuple[str, ...] = ("compact", "dspy")
     reasoning: tuple[bool, ...] = (False, True)
     structured_generation: tuple[bool, ...] = (True, False)
@@ -61,6 +63,7 @@ class SearchSpace:
         trials = opt.num_trials or max(2, candidates)
         measured = opt.calibrate  # the config validator already holds these at False / True
         return cls(
+            method=_config_first(opt.method, tuple(opt.search_methods)),
             adapter=_config_first(cfg.task.adapter, ("compact", "dspy")),
             reasoning=(False,) if measured else _config_first(cfg.task.reasoning, (False, True)),
             structured_generation=(True,) if measured else _config_first(cfg.task.structured_generation,
@@ -104,6 +107,7 @@ def apply_settings(cfg: TaskConfig, settings: dict[str, Any]) -> TaskConfig:
         raw["task"][key] = settings[key]
     raw["dataset"]["max_image_side"] = settings["max_image_side"]
     raw["optimizer"].update(
+        method=settings.get("method", raw["optimizer"]["method"]),
         auto=None,
         num_candidates=settings["num_candidates"],
         num_trials=settings["num_trials"],

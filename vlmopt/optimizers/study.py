@@ -1,8 +1,9 @@
-"""The outer search: an Optuna study over program choices, each trial a MIPROv2 search on train/val.
+"""The outer search: an Optuna study over program choices, each trial a method's search on train/val.
 
-MIPROv2 tunes instructions and demos for one program; this study tunes the program around it —
-framing (compact / dspy adapter), reasoning, structured decoding, how many demos, the image side
-and MIPROv2's own budget (see ``search_space``). A trial runs MIPROv2 on train/val with its
+A method (MIPROv2 by default) tunes instructions and demos for one program; this study tunes the
+program around it — framing (compact / dspy adapter), reasoning, structured decoding, how many
+demos, the image side, MIPROv2's own budget and, with ``optimizer.search_methods``, the method
+itself (see ``search_space``). A trial runs its method on train/val with its
 settings and reports val accuracy, or (val accuracy, tokens or latency per image) with the Pareto
 front in ``study.best_trials``. The test split is never touched here: the caller rebuilds the
 winner (``rebuild_trial``) and scores it on test once.
@@ -42,7 +43,8 @@ from rich.console import Console
 from vlmopt.config import ConfigError, TaskConfig
 from vlmopt.datasets import LoadedSplits, load_splits
 from vlmopt.evaluate import evaluate_program
-from vlmopt.optimizers.mipro_task import PromptModel, mipro_on_task
+from vlmopt.optimizers.methods import run_method
+from vlmopt.optimizers.prompt_model import PromptModel
 from vlmopt.optimizers.search_space import SearchSpace, apply_settings
 from vlmopt.optimizers.study_slots import duplicate_of, take_slot
 from vlmopt.optimizers.study_storage import (
@@ -147,6 +149,7 @@ def run_search(
     objectives: Sequence[str] = ("accuracy",),
     space: SearchSpace | None = None,
     heartbeat: Heartbeat = Heartbeat(),
+    prompt: PromptModel | None = None,
 ) -> SearchResult:
     """Run (or join, or resume) the outer study until ``n_trials`` trials are complete in total.
 
@@ -157,7 +160,7 @@ def run_search(
     ``cfg.seed`` and the number of trials already in the study, so a fresh run is reproducible and
     a resumed one does not replay the settings it already tried. ``splits`` (at the config's image
     side) saves loading the data set again when the caller has it; ``prompt_lm`` replaces the
-    config's ``optimizer.prompt_model``.
+    config's ``optimizer.prompt_model`` (``prompt``, already resolved, replaces both).
     """
     objectives = check_objectives(objectives)
     n_trials = n_trials if n_trials is not None else cfg.optimizer.search_trials
@@ -179,7 +182,7 @@ def run_search(
     study = open_study(open_storage(url, heartbeat), study_name, directions=directions, fingerprint=fingerprint)
     study.sampler = optuna.samplers.TPESampler(seed=None if worker else cfg.seed + len(study.trials))
     runner = _TrialRunner(cfg, space, base, n_trials, objectives, lm_factory or shared_lm_factory(),
-                          PromptModel.resolve(cfg, prompt_lm), run, heartbeat, console)
+                          prompt or PromptModel.resolve(cfg, prompt_lm), run, heartbeat, console)
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < n_trials:
         study.optimize(runner, callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))])
     notes = []
@@ -192,7 +195,7 @@ def run_search(
 
 
 class _TrialRunner:
-    """The objective: settings -> (duplicate? slot?) -> MIPROv2 on train/val -> values, attrs, history file."""
+    """The objective: settings -> (duplicate? slot?) -> the method on train/val -> values, attrs, history file."""
 
     def __init__(self, cfg: TaskConfig, space: SearchSpace, base: LoadedSplits, n_trials: int,
                  objectives: tuple[str, ...], lm_factory: LmFactory, prompt: PromptModel, run: RunDir,
@@ -224,7 +227,7 @@ class _TrialRunner:
         trial_cfg = apply_settings(self.cfg, settings)
         splits = self._splits_for(trial_cfg)
         lm = self.lm_factory(trial_cfg)
-        result = mipro_on_task(trial_cfg, splits, lm, self.prompt)
+        result = run_method(trial_cfg, splits, lm, self.prompt)
         metrics = {"val_accuracy": result.val_score, "n_val": len(splits.val), "n_train": len(splits.train)}
         if len(self.objectives) > 1:
             metrics.update(self._cost_on_val(trial.number, result.program, trial_cfg, splits, lm))
@@ -271,14 +274,16 @@ class _TrialRunner:
         path = folder / f"trial-{number:04d}.json"
         path.write_text(json.dumps({
             "trial": number, "settings": settings, "metrics": metrics, "program": record,
-            "instruction_candidates": result.instruction_candidates, "mipro_trials": result.history,
+            "instruction_candidates": result.instruction_candidates, "method": result.method,
+            "method_trials": result.history, "details": result.details,
             "notes": result.notes,
         }, indent=2, ensure_ascii=False), encoding="utf-8")
         return path
 
     def _say(self, number: int, settings: dict[str, Any], metrics: dict[str, Any]) -> None:
         line = (
-            f"search trial {number}: {settings['adapter']}, reasoning {'on' if settings['reasoning'] else 'off'}, "
+            f"search trial {number}: {settings['method']}, {settings['adapter']}, "
+            f"reasoning {'on' if settings['reasoning'] else 'off'}, "
             f"structured {'on' if settings['structured_generation'] else 'off'}, "
             f"demos {settings['max_labeled_demos']}+{settings['max_bootstrapped_demos']}, "
             f"side {settings['max_image_side']}, budget {settings['num_candidates']}x{settings['num_trials']}"

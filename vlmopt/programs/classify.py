@@ -31,6 +31,7 @@ from typing import Any
 
 import dspy
 
+from vlmopt._dspy_compat import record_in_trace
 from vlmopt.config import TaskSpec
 from vlmopt.programs.adapter import NORMALIZED_KEY, RAW_KEY, create_adapter
 from vlmopt.programs.confidence import PROBABILITIES_KEY, prediction_probabilities
@@ -49,17 +50,23 @@ class Classify(dspy.Module):
         self.abstention: dict[str, Any] | None = None  # {"threshold", "confidence"} chosen on val, if any
 
     @property
+    def predictor(self) -> dspy.Predict:
+        """The one ``dspy.Predict`` holding the instruction and demos (inside ChainOfThought with reasoning)."""
+        return self.predict.predict if isinstance(self.predict, dspy.ChainOfThought) else self.predict
+
+    @property
     def signature(self) -> type[dspy.Signature]:
         """The signature as optimized (instructions included)."""
-        predictor = self.predict.predict if isinstance(self.predict, dspy.ChainOfThought) else self.predict
-        return predictor.signature
+        return self.predictor.signature
 
     def forward(self, image: dspy.Image) -> dspy.Prediction:
         with dspy.context(adapter=self.adapter):
             try:
                 pred = self.predict(image=image)
             except dspy.AdapterParseError as err:
-                return self._invalid(err.lm_response)
+                invalid = self._invalid(err.lm_response)
+                record_in_trace(self.predictor, {"image": image}, invalid)  # so GEPA reflects on it
+                return invalid
         pred.valid = True
         pred[NORMALIZED_KEY] = bool(pred.get(NORMALIZED_KEY, False))
         if self.label_weights:

@@ -105,32 +105,41 @@ def close_lm(lm: dspy.LM) -> None:
         close()
 
 
-def create_prompt_lm(cfg: TaskConfig) -> tuple[dspy.LM | None, bool]:
-    """(prompt LM, whether it sees images) for MIPROv2's instruction proposer.
+def create_prompt_lm(cfg: TaskConfig) -> tuple[dspy.LM | None, bool, str]:
+    """(prompt LM, whether it sees images, how that was found) for the methods that write prompts.
 
-    ``optimizer.prompt_model``: unset -> None, the task VLM itself proposes (it sees the demo images);
-    ``none`` -> None, no proposer (only the config's prompt and ``optimizer.instructions`` are searched);
-    a local directory -> that VLM in-process; anything else -> a LiteLLM model id (images are
-    shown to it only if LiteLLM says it supports vision).
+    ``optimizer.prompt_model``: unset -> None, the task VLM itself writes (it sees the images);
+    ``none`` -> None, no writer (only the config's prompt and ``optimizer.instructions`` are searched);
+    an ``http(s)://`` URL -> that OpenAI-compatible server (``#<model>`` picks a served model, else
+    its only one), probed with one tiny image request; a local directory -> that VLM in-process;
+    anything else -> a LiteLLM model id (images are shown only if LiteLLM says it supports vision).
     """
     from pathlib import Path
 
     name = cfg.optimizer.prompt_model
     if name is None:
-        return None, True
+        return None, True, "the task VLM writes (it sees the images)"
     if name == "none":
-        return None, False
+        return None, False, "no prompt model"
+    if name.startswith(("http://", "https://")):
+        from vlmopt.serving.openai_lm import create_openai_lm, sees_images, served_model
+
+        url, _, model = name.partition("#")
+        lm = create_openai_lm(url, model or served_model(url), temperature=1.0, max_tokens=1024, logprobs=False)
+        seen = sees_images(lm)
+        return lm, seen, f"probed with one image request: {'accepted' if seen else 'refused'}"
     if Path(name).is_dir():
         from vlmopt.serving.transformers_engine import create_lm as create_transformers_lm
 
-        return create_transformers_lm(name, device=cfg.model.device, max_new_tokens=512, seed=cfg.seed), True
+        lm = create_transformers_lm(name, device=cfg.model.device, max_new_tokens=512, seed=cfg.seed)
+        return lm, True, "an in-process VLM"
     import litellm
 
     try:
-        sees_images = bool(litellm.supports_vision(model=name))
+        seen = bool(litellm.supports_vision(model=name))
     except Exception:  # noqa: BLE001 - unknown to LiteLLM's model map: assume text-only
-        sees_images = False
-    return dspy.LM(name, temperature=1.0, max_tokens=1024), sees_images
+        seen = False
+    return dspy.LM(name, temperature=1.0, max_tokens=1024), seen, "LiteLLM's model map (supports_vision)"
 
 
 def model_calls(lm: dspy.LM) -> int | None:

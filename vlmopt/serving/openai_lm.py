@@ -110,3 +110,39 @@ def create_openai_lm(
         cache=cache,
         **kwargs,
     )
+
+
+def served_model(base_url: str) -> str:
+    """The one model an OpenAI-compatible server serves (``GET /models``); a clear error otherwise."""
+    import openai
+
+    try:
+        ids = [m.id for m in openai.OpenAI(base_url=base_url, api_key="EMPTY", timeout=30).models.list()]
+    except openai.OpenAIError as exc:
+        raise ConfigError(f"cannot list the models served at {base_url} ({type(exc).__name__}); start the "
+                          "server or fix optimizer.prompt_model") from None
+    if len(ids) != 1:
+        raise ConfigError(f"{base_url} serves {ids or 'no model'}: name one as optimizer.prompt_model "
+                          f"'{base_url}#<model>'")
+    return ids[0]
+
+
+PROBE_IMAGE = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEklEQVR4nGP8z4AdMOEQH6QSAM1BAQ/oQeJvAAAAAElFTkSuQmCC"
+)
+"""An 8x8 red PNG: the probe a prompt model's server accepts only if the model takes images."""
+
+
+def sees_images(lm: dspy.LM) -> bool:
+    """Whether the server behind ``lm`` accepts an image in a chat message (one short request).
+
+    A text-only model on vLLM refuses image content with an error; any error reads as "no images"
+    (the methods then show the writer the feedback text only, which is always safe).
+    """
+    content = [{"type": "text", "text": "What colour is this image? One word."},
+               {"type": "image_url", "image_url": {"url": PROBE_IMAGE}}]
+    try:
+        lm(messages=[{"role": "user", "content": content}], max_tokens=4)
+    except Exception:  # noqa: BLE001 - a refusal of any kind means the writer is shown no images
+        return False
+    return True

@@ -39,6 +39,7 @@ class ScriptedCall:
     system: str
     turns: list[tuple[str, str, list[Image.Image]]] = field(default_factory=list)  # (role, text, images)
     response_format: dict | None = None
+    temperature: float | None = None  # what the caller asked for (SIMBA samples at 1.0)
 
     @property
     def query_text(self) -> str:
@@ -73,7 +74,8 @@ class ScriptedEngine:
         system = request.system if isinstance(request.system, str) or request.system is None else "".join(
             getattr(p, "text", "") for p in request.system
         )
-        call = ScriptedCall(system=system or "", response_format=request.config.response_format)
+        call = ScriptedCall(system=system or "", response_format=request.config.response_format,
+                            temperature=request.config.temperature)
         for message in request.messages:
             texts = [p.text for p in message.parts if isinstance(p, TextPart)]
             images = [_decode(p) for p in message.parts if isinstance(p, ImagePart)]
