@@ -208,7 +208,7 @@ def test_a_rerun_reads_each_splits_embeddings_from_the_cache(tiny_clip_dirs, syn
     cfg = shapes_config(synthetic_data.folder, tmp_path)
     settings = BaselineSettings(model=str(tiny_clip_dirs["siglip"]), templates=TEMPLATES)
     first = run_baselines(cfg, settings)
-    cached = sorted((tmp_path / "cache" / "embeddings").glob("*.npz"))
+    cached = sorted((tmp_path / "cache" / "embeddings").glob("*.safetensors"))
     assert [p.name.split("-")[0] for p in cached] == ["test", "val"]
     stamps = [p.stat().st_mtime_ns for p in cached]
     second = run_baselines(cfg, settings)

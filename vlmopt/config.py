@@ -210,10 +210,6 @@ class AbstainConfig(_Section):
 
 
 class OptimizerConfig(_Section):
-    """MIPROv2 settings (and the outer Optuna search); the optimize command reads these."""
-
-
-class OptimizerConfig(_Section):
     """The search (MIPROv2, GEPA, SIMBA or random search; the outer Optuna study); optimize reads these."""
 
     method: SearchMethod = Field("mipro", description="Which DSPy optimizer searches the prompt on train/val.")

@@ -2,8 +2,8 @@
 
 Embedding is the baselines' one long step (thousands of images through a ViT on a CPU). Each
 split's embeddings are written, as soon as they are complete, to ``<run.cache_dir>/embeddings/``
-as a plain ``.npz`` (numbers and id strings; read back with ``allow_pickle=False``), keyed by the
-model's fingerprint and the split's ordered ids. A rerun of the same command finds them and skips
+as a ``.safetensors`` file (tensors only: no code can come back with them), keyed by the model's
+fingerprint and the split's ordered ids. A rerun of the same command finds them and skips
 the work; the per-image seconds measured when they were computed come back with them, so the
 latency a report shows is the model's, never a cache read's.
 
@@ -22,6 +22,7 @@ from pathlib import Path
 import dspy
 import numpy as np
 from rich.console import Console
+from safetensors.numpy import load_file, save_file
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vlmopt.datasets.images import dspy_image_to_pil
@@ -31,7 +32,7 @@ def cache_path(cache_dir: str | Path, encoder, split: str, ids: Sequence[str], m
     """Where a split's embeddings live: the key covers the weights, the image size and every id in order."""
     key = json.dumps([encoder.source.name, encoder.source.fingerprint, str(encoder.model.dtype), max_side, list(ids)])
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
-    return Path(cache_dir) / "embeddings" / f"{split}-{digest}.npz"
+    return Path(cache_dir) / "embeddings" / f"{split}-{digest}.safetensors"
 
 
 def embed_split(
@@ -48,9 +49,8 @@ def embed_split(
     ids = [str(example.id) for example in examples]
     path = cache_path(cache_dir, encoder, split, ids, max_side)
     if path.is_file():
-        with np.load(path, allow_pickle=False) as stored:
-            if list(stored["ids"]) == ids:
-                return stored["features"], stored["seconds"]
+        stored = load_file(path)
+        return stored["features"], stored["seconds"]
     features, seconds = [], []
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -69,7 +69,7 @@ def embed_split(
             progress.update(bar, advance=len(batch), rate=len(batch) / max(batch_seconds.sum(), 1e-9))
     features, seconds = np.concatenate(features), np.concatenate(seconds)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial.npz")
-    np.savez(partial, features=features, seconds=seconds, ids=np.asarray(ids))
+    partial = path.with_suffix(".partial")
+    save_file({"features": np.ascontiguousarray(features), "seconds": np.ascontiguousarray(seconds)}, partial)
     partial.replace(path)  # whole or absent: a kill mid-write leaves no half file under the real name
     return features, seconds
