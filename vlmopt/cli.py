@@ -268,7 +268,7 @@ def predict(
     except FailureLimitError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--max-failures'") from None
 
-    from vlmopt.artifacts import check_backend, load_artifact
+    from vlmopt.artifacts import check_backend, config_for_artifact, load_artifact
     from vlmopt.config import DatasetConfig, ModelConfig
     from vlmopt.predict import predict_to_file, summary_table
     from vlmopt.predict.inputs import check_inputs
@@ -292,7 +292,7 @@ def predict(
                             max_new_tokens=frozen.artifact.generation.max_new_tokens)
         dataset = DatasetConfig(source="-", max_image_side=artifact_max_side(frozen))
         cfg = TaskConfig(model=model, dataset=dataset, task=frozen.task)
-    cfg = _with_backend(cfg, None, base_url)
+    cfg = config_for_artifact(_with_backend(cfg, None, base_url), frozen)
     check_backend(frozen, cfg)
     if ray:
         from vlmopt.predict.ray_runner import predict_on_ray

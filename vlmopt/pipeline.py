@@ -18,7 +18,7 @@ from typing import Any, Literal
 import dspy
 from rich.console import Console
 
-from vlmopt.artifacts import check_backend, load_artifact, read_verified, save_artifact
+from vlmopt.artifacts import check_backend, config_for_artifact, load_artifact, read_verified, save_artifact
 from vlmopt.config import TaskConfig
 from vlmopt.datasets import LoadedSplits, load_splits
 from vlmopt.evaluate import EvalOutcome, SplitInfo, evaluate_program
@@ -67,6 +67,8 @@ def evaluate_task(
     console: Console | None = None,
 ) -> tuple[RunDir, EvalOutcome]:
     """Evaluate the config's own prompt — or a frozen ``artifact`` — on a split; write a run directory."""
+    if artifact is not None and lm is None:  # a fine-tuned artifact runs on its LoRA adapter
+        cfg = config_for_artifact(cfg, load_artifact(artifact))
     run, splits, lm, calls_before = _start_run(cfg, lm)
     examples = splits.all if split == "all" else getattr(splits, split)
     examples = examples[:limit] if limit else examples
@@ -90,11 +92,11 @@ def evaluate_task(
         split=SplitInfo.of(split, splits),
     )
     outcome.model_calls = _calls_since(lm, calls_before)
-    _finish_run(run, outcome.metrics)
+    finish_run(run, outcome.metrics)
     return run, outcome
 
 
-def _finish_run(run: RunDir, metrics: dict[str, Any]) -> None:
+def finish_run(run: RunDir, metrics: dict[str, Any]) -> None:
     """Last files of every run: ``metrics.json``, the confusion-matrix plot and ``report.html``."""
     run.write_json(METRICS, metrics)
     if "confusion" in metrics:
@@ -223,7 +225,7 @@ def optimize_task(
     frozen = read_verified(artifact).content()  # apps replaying prompt.json need the calibrated decision too
     decision = {"decision": frozen["decision"]} if frozen["decision"] else {}
     run.write_json("prompt.json", {**frozen["prompt"], **decision})
-    _finish_run(run, optimized["test"].metrics)
+    finish_run(run, optimized["test"].metrics)
     calls = _calls_since(lm, calls_before)
     return OptimizeOutcome(run, baseline, optimized, winner.history, artifact, calls, winner.notes, comparisons,
                            argmax)
