@@ -20,8 +20,8 @@ own with the prompt masked, which is exactly the engine's prompt plus the label 
 
 Example::
 
-    outcome = finetune_task(load_config("configs/shapes.yaml"), settings=FinetuneSettings(epochs=5, lr=1e-3))
-    outcome.metrics["accuracy"], outcome.artifact
+    outcome = finetune_task(load_config("task.yaml"), settings=FinetuneSettings(epochs=5, lr=1e-3))
+    outcome.metrics["accuracy"], outcome.artifact      # then: evaluate_task(cfg, artifact=outcome.artifact)
 """
 
 from __future__ import annotations
@@ -105,8 +105,7 @@ def _program(cfg: TaskConfig, prompt: str | Path, labels: list[str]) -> tuple[Cl
         frozen.program.label_weights = None
         notes.append("the prompt artifact's calibrated decision was fitted to the base weights; the fine-tuned "
                      "program decides by argmax")
-    task = frozen.task.model_copy(update={"output": "single_label"})
-    return frozen.program, cfg.model_copy(update={"task": task}), notes
+    return frozen.program, cfg.model_copy(update={"task": frozen.task}), notes
 
 
 @closes_the_lms_it_creates
@@ -122,6 +121,7 @@ def finetune_task(cfg: TaskConfig, *, prompt: str | Path = "baseline", settings:
     for skip in splits.skipped:
         run.append_failure(skip.id, "image", f"{skip.reason}: {skip.message}")
     program, cfg, notes = _program(cfg, prompt, splits.labels)
+    check_finetunable(cfg)  # the prompt artifact's task, when one is given
     adapter_dir, training = _train(cfg, program, splits, settings, run, console)
     run.write_json("training.json", training)
 
