@@ -41,20 +41,29 @@ def main() -> None:
     started = time.monotonic()
     optimized = optimize_task(offline_demo_config(workdir / "optimize"))
     rows["baseline (vague prompt)"] = {"test_accuracy": optimized.baseline["test"].metrics["accuracy"]}
-    rows["prompt-optimized"] = {"test_accuracy": optimized.optimized["test"].metrics["accuracy"],
-                                "model_calls": optimized.model_calls, "wall_s": round(time.monotonic() - started, 1),
-                                "trainable_parameters": 0}
+    rows["prompt-optimized"] = {
+        "test_accuracy": optimized.optimized["test"].metrics["accuracy"],
+        "model_calls": optimized.model_calls,
+        "wall_s": round(time.monotonic() - started, 1),
+        "trainable_parameters": 0,
+    }
 
     settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, rank=args.rank, alpha=2 * args.rank)
     tuned = finetune_task(offline_demo_config(workdir / "finetune"), settings=settings)
     rows["fine-tuned (LoRA, vague prompt)"] = {
-        "test_accuracy": tuned.metrics["accuracy"], "model_calls": tuned.metrics["model_calls"],
-        "wall_s": tuned.metrics["wall_s"], "trainable_parameters": tuned.metrics["parameters"]["trainable"],
-        "total_parameters": tuned.metrics["parameters"]["total"], "steps": tuned.training["global_step"],
+        "test_accuracy": tuned.metrics["accuracy"],
+        "model_calls": tuned.metrics["model_calls"],
+        "wall_s": tuned.metrics["wall_s"],
+        "trainable_parameters": tuned.metrics["parameters"]["trainable"],
+        "total_parameters": tuned.metrics["parameters"]["total"],
+        "steps": tuned.training["global_step"],
         "best_val_loss": tuned.training["best_val_loss"],
     }
-    print(json.dumps({"n_test": tuned.metrics["n"], "settings": vars(args) | {"workdir": str(workdir)},
-                      "rows": rows}, indent=1))
+    print(
+        json.dumps(
+            {"n_test": tuned.metrics["n"], "settings": vars(args) | {"workdir": str(workdir)}, "rows": rows}, indent=1
+        )
+    )
 
 
 if __name__ == "__main__":

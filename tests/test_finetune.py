@@ -34,15 +34,21 @@ SETTINGS = FinetuneSettings(max_steps=8, lr=1e-2, batch_size=4, save_steps=4, ra
 
 
 def shapes_config(data_folder: Path, model: Path, workdir: Path, name: str = "shapes-ft"):
-    return parse_config({
-        "name": name,
-        "seed": 3,
-        "model": {"id": str(model), "max_new_tokens": 16},
-        "dataset": {"source": str(data_folder), "kind": "imagefolder", "max_image_side": 64,
-                    "splits": {"train": 0.4, "val": 0.2, "test": 0.4}},
-        "task": {"labels": ["circle", "square", "triangle"], "system_prompt": "Which shape is drawn?"},
-        "run": {"output_dir": str(workdir / "runs"), "cache_dir": str(workdir / "cache"), "num_threads": 2},
-    })
+    return parse_config(
+        {
+            "name": name,
+            "seed": 3,
+            "model": {"id": str(model), "max_new_tokens": 16},
+            "dataset": {
+                "source": str(data_folder),
+                "kind": "imagefolder",
+                "max_image_side": 64,
+                "splits": {"train": 0.4, "val": 0.2, "test": 0.4},
+            },
+            "task": {"labels": ["circle", "square", "triangle"], "system_prompt": "Which shape is drawn?"},
+            "run": {"output_dir": str(workdir / "runs"), "cache_dir": str(workdir / "cache"), "num_threads": 2},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +81,9 @@ def test_lora_training_lowers_the_answer_loss_on_the_train_split(finetuned, tiny
     completion = rows[0]["completion"]
     assert completion.startswith('{"label":"') and completion.endswith(processor.tokenizer.eos_token)
     before = answer_loss(base, processor, rows)
-    tuned, *_ = load_model(locate_model(str(tiny_idefics3_dir)), device="cpu",
-                           adapter=locate_adapter(outcome.adapter_dir))
+    tuned, *_ = load_model(
+        locate_model(str(tiny_idefics3_dir)), device="cpu", adapter=locate_adapter(outcome.adapter_dir)
+    )
     after = answer_loss(tuned, processor, rows)
     assert after < 0.8 * before, (before, after)  # measured: 7.16 -> 4.94 in 8 steps
     assert outcome.training["global_step"] == SETTINGS.max_steps and outcome.training["steps_run"] == SETTINGS.max_steps
@@ -162,8 +169,21 @@ def test_a_sigkilled_finetune_resumes_from_its_last_checkpoint(tmp_path, shapes,
     """The rerun continues the killed run's trainer state: it runs only the remaining steps, same history."""
     config = tmp_path / "kill.yaml"
     config.write_text(shapes_config(shapes.folder, tiny_idefics3_dir, tmp_path, name="kill").model_dump_yaml())
-    command = [sys.executable, "-m", "vlmopt.cli", "finetune", str(config), "--max-steps", "16", "--save-steps", "2",
-               "--batch-size", "2", "--lr", "1e-3"]
+    command = [
+        sys.executable,
+        "-m",
+        "vlmopt.cli",
+        "finetune",
+        str(config),
+        "--max-steps",
+        "16",
+        "--save-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+    ]
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 300
@@ -184,7 +204,7 @@ def test_a_sigkilled_finetune_resumes_from_its_last_checkpoint(tmp_path, shapes,
     training = json.loads((run / "training.json").read_text())
     assert training["resumed_from_step"] == killed["global_step"]
     assert training["steps_run"] == 16 - killed["global_step"] and training["global_step"] == 16
-    assert training["log_history"][:len(killed["log_history"])] == killed["log_history"]
+    assert training["log_history"][: len(killed["log_history"])] == killed["log_history"]
 
 
 PROBABILITY_TOLERANCE = 0.02
@@ -201,9 +221,15 @@ def test_vllm_cpu_serves_the_lora_adapter_as_the_in_process_engine_answers(finet
 
     cfg, outcome = finetuned
     lora_args, served = lora_server_args(outcome.artifact)
-    server = VLLMServer(cfg.model.id, python=vllm_python, served_model_name="tiny-idefics3", max_model_len=4096,
-                        limit_mm_per_prompt={"image": 2}, extra_args=[*FAST_START_ARGS, *lora_args],
-                        log_path=tmp_path / "server.log")
+    server = VLLMServer(
+        cfg.model.id,
+        python=vllm_python,
+        served_model_name="tiny-idefics3",
+        max_model_len=4096,
+        limit_mm_per_prompt={"image": 2},
+        extra_args=[*FAST_START_ARGS, *lora_args],
+        log_path=tmp_path / "server.log",
+    )
     raw = cfg.model_dump()
     raw["backend"] = {"kind": "openai", "base_url": "http://placeholder/v1", "timeout_s": 60, "num_retries": 1}
     raw["run"]["cache_dir"] = str(tmp_path / "cache")
@@ -211,12 +237,14 @@ def test_vllm_cpu_serves_the_lora_adapter_as_the_in_process_engine_answers(finet
         raw["backend"]["base_url"] = server.base_url
         remote = parse_config(raw)
         _, adapted = evaluate_task(remote, split="test", artifact=outcome.artifact)
-        base_cfg = remote.model_copy(update={"backend": remote.backend.model_copy(
-            update={"served_model_name": "tiny-idefics3"})})
+        base_cfg = remote.model_copy(
+            update={"backend": remote.backend.model_copy(update={"served_model_name": "tiny-idefics3"})}
+        )
         _, plain = evaluate_task(base_cfg, split="test")
     assert served == "shapes-ft-lora" and len(adapted.records) == len(outcome.test.records)
     for ours, theirs in zip(adapted.records, outcome.test.records, strict=True):
         assert ours.confidence == pytest.approx(theirs.confidence, abs=PROBABILITY_TOLERANCE), (ours, theirs)
     # the base model's answers lie outside that budget: what was served is the adapter (measured: up to 0.048 apart)
     assert max(abs(a.confidence - b.confidence) for a, b in zip(adapted.records, plain.records, strict=True)) > (
-        PROBABILITY_TOLERANCE)
+        PROBABILITY_TOLERANCE
+    )

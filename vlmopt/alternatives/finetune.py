@@ -46,8 +46,10 @@ from vlmopt.programs import Classify, create_program
 from vlmopt.reports.run_dir import RunDir
 from vlmopt.serving.factory import closes_the_lms_it_creates, create_lm, job_owned, model_calls
 
-TEXT_LINEAR_LAYERS = (r".*(language_model|text_model)\.(model\.)?layers\.\d+\..*"
-                      r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)")
+TEXT_LINEAR_LAYERS = (
+    r".*(language_model|text_model)\.(model\.)?layers\.\d+\..*"
+    r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+)
 """LoRA targets: the language model's attention and MLP projections (what vLLM's LoRA serves), not the vision tower."""
 
 
@@ -88,8 +90,10 @@ class FinetuneOutcome:
 def check_finetunable(cfg: TaskConfig) -> None:
     """Refuse, before any work, a task whose answer is not one label (what the rows and the scorer know)."""
     if cfg.task.output != "single_label" or cfg.task.reasoning:
-        raise ConfigError("vlmopt finetune trains single-label classifiers without reasoning: set "
-                          "task.output: single_label and task.reasoning: false")
+        raise ConfigError(
+            "vlmopt finetune trains single-label classifiers without reasoning: set "
+            "task.output: single_label and task.reasoning: false"
+        )
 
 
 def _program(cfg: TaskConfig, prompt: str | Path, labels: list[str]) -> tuple[Classify, TaskConfig, list[str]]:
@@ -98,19 +102,28 @@ def _program(cfg: TaskConfig, prompt: str | Path, labels: list[str]) -> tuple[Cl
         return create_program(cfg.task, labels), cfg, []
     frozen = load_artifact(prompt, expected_labels=labels)
     if frozen.adapter_dir is not None:
-        raise ConfigError(f"{prompt}: this artifact is already fine-tuned; pass the prompt artifact vlmopt optimize "
-                          "wrote (or 'baseline')")
+        raise ConfigError(
+            f"{prompt}: this artifact is already fine-tuned; pass the prompt artifact vlmopt optimize "
+            "wrote (or 'baseline')"
+        )
     notes = []
     if frozen.program.label_weights:
         frozen.program.label_weights = None
-        notes.append("the prompt artifact's calibrated decision was fitted to the base weights; the fine-tuned "
-                     "program decides by argmax")
+        notes.append(
+            "the prompt artifact's calibrated decision was fitted to the base weights; the fine-tuned "
+            "program decides by argmax"
+        )
     return frozen.program, cfg.model_copy(update={"task": frozen.task}), notes
 
 
 @closes_the_lms_it_creates
-def finetune_task(cfg: TaskConfig, *, prompt: str | Path = "baseline", settings: FinetuneSettings = FinetuneSettings(),
-                  console: Console | None = None) -> FinetuneOutcome:
+def finetune_task(
+    cfg: TaskConfig,
+    *,
+    prompt: str | Path = "baseline",
+    settings: FinetuneSettings = FinetuneSettings(),
+    console: Console | None = None,
+) -> FinetuneOutcome:
     """Train a LoRA adapter under the program's prompt, evaluate it in-process, write run directory and artifact."""
     check_finetunable(cfg)
     started = time.monotonic()
@@ -130,12 +143,19 @@ def finetune_task(cfg: TaskConfig, *, prompt: str | Path = "baseline", settings:
     tuned = cfg.model.model_copy(update={"adapter": str(adapter_dir)})
     lm = job_owned(create_lm(cfg.model_copy(update={"model": tuned})))
     calls_before = model_calls(lm)
-    common = dict(lm=lm, task=cfg.task, labels=splits.labels, num_threads=cfg.run.num_threads, seed=cfg.seed,
-                  console=console)
-    val = None if settings.train_and_val else evaluate_program(program, splits.val, description="finetuned val",
-                                                               split=SplitInfo.of("val", splits), **common)
-    test = evaluate_program(program, splits.test, run=run, description="finetuned test",
-                            split=SplitInfo.of("test", splits), **common)
+    common = dict(
+        lm=lm, task=cfg.task, labels=splits.labels, num_threads=cfg.run.num_threads, seed=cfg.seed, console=console
+    )
+    val = (
+        None
+        if settings.train_and_val
+        else evaluate_program(
+            program, splits.val, description="finetuned val", split=SplitInfo.of("val", splits), **common
+        )
+    )
+    test = evaluate_program(
+        program, splits.test, run=run, description="finetuned test", split=SplitInfo.of("test", splits), **common
+    )
     calls = model_calls(lm)
     metrics = {
         **test.metrics,
@@ -148,12 +168,20 @@ def finetune_task(cfg: TaskConfig, *, prompt: str | Path = "baseline", settings:
         "prompt": str(prompt),
     }
     artifact = save_artifact(
-        program, cfg, splits.labels, run.path / "artifact.json",
-        metrics={"test": _summary(test), "val": _summary(val) if val else None, "split_sizes": splits.sizes(),
-                 "finetune": metrics["training"]},
+        program,
+        cfg,
+        splits.labels,
+        run.path / "artifact.json",
+        metrics={
+            "test": _summary(test),
+            "val": _summary(val) if val else None,
+            "split_sizes": splits.sizes(),
+            "finetune": metrics["training"],
+        },
         provenance={**provenance(cfg, splits.fingerprint), "finetune": asdict(settings), "prompt": str(prompt)},
-        adapter=adapter_section(adapter_dir, run.path, f"{cfg.name or 'vlmopt'}-lora", training["base_fingerprint"],
-                                settings.rank),
+        adapter=adapter_section(
+            adapter_dir, run.path, f"{cfg.name or 'vlmopt'}-lora", training["base_fingerprint"], settings.rank
+        ),
     )
     finish_run(run, metrics)
     return FinetuneOutcome(run, artifact, adapter_dir, metrics, test, val, training, notes)
@@ -171,14 +199,25 @@ def _summary(outcome: EvalOutcome) -> dict[str, Any]:
 
 def adapter_section(adapter_dir: Path, artifact_dir: Path, name: str, base_fingerprint: str, rank: int) -> dict:
     """The artifact's ``adapter`` section: where the adapter is (relative to the artifact) and its files' hashes."""
-    return {"kind": "lora", "path": str(adapter_dir.relative_to(artifact_dir)), "name": name,
-            "sha256": file_sha256(adapter_dir / ADAPTER_WEIGHTS),
-            "config_sha256": file_sha256(adapter_dir / ADAPTER_CONFIG),
-            "base_fingerprint": base_fingerprint, "rank": rank}
+    return {
+        "kind": "lora",
+        "path": str(adapter_dir.relative_to(artifact_dir)),
+        "name": name,
+        "sha256": file_sha256(adapter_dir / ADAPTER_WEIGHTS),
+        "config_sha256": file_sha256(adapter_dir / ADAPTER_CONFIG),
+        "base_fingerprint": base_fingerprint,
+        "rank": rank,
+    }
 
 
-def _train(cfg: TaskConfig, program: Classify, splits: LoadedSplits, settings: FinetuneSettings, run: RunDir,
-           console: Console | None) -> tuple[Path, dict[str, Any]]:
+def _train(
+    cfg: TaskConfig,
+    program: Classify,
+    splits: LoadedSplits,
+    settings: FinetuneSettings,
+    run: RunDir,
+    console: Console | None,
+) -> tuple[Path, dict[str, Any]]:
     """Train (or resume) the adapter; save it to ``run/adapter``; return it with the training's facts."""
     try:
         import torch
@@ -186,8 +225,9 @@ def _train(cfg: TaskConfig, program: Classify, splits: LoadedSplits, settings: F
         from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
         from trl import SFTConfig, SFTTrainer
     except ImportError as exc:
-        raise FinetuneError(f"vlmopt finetune needs peft and trl ({exc.name} is missing): "
-                            "pip install 'vlmopt[finetune]'") from None
+        raise FinetuneError(
+            f"vlmopt finetune needs peft and trl ({exc.name} is missing): pip install 'vlmopt[finetune]'"
+        ) from None
     from vlmopt.alternatives.finetune_data import sft_dataset, sft_rows
     from vlmopt.alternatives.finetune_progress import RichProgressCallback
     from vlmopt.serving.model_loading import load_model, locate_model
@@ -199,34 +239,71 @@ def _train(cfg: TaskConfig, program: Classify, splits: LoadedSplits, settings: F
     val = None if settings.train_and_val else sft_dataset(sft_rows(program, splits.val, processor, family))
     steps_per_epoch = math.ceil(len(train) / (settings.batch_size * settings.grad_accum))
     save_steps = settings.save_steps or steps_per_epoch
-    root = checkpoint_root(cfg.run.cache_dir, training_key({
-        "model": f"{source.name}@{source.fingerprint}", "split": splits.fingerprint,
-        "prompt": render_prompt(program, cfg.task.structured_generation), "settings": asdict(settings),
-        "seed": cfg.seed, "dtype": cfg.model.dtype,
-    }))
-    args = SFTConfig(
-        output_dir=str(root), num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
-        learning_rate=settings.lr, per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size, gradient_accumulation_steps=settings.grad_accum,
-        logging_steps=1, save_strategy="steps", save_steps=save_steps, save_total_limit=2,
-        eval_strategy="no" if val is None else "steps", eval_steps=save_steps, load_best_model_at_end=val is not None,
-        metric_for_best_model="eval_loss", greater_is_better=False, seed=cfg.seed, data_seed=cfg.seed,
-        report_to=[], disable_tqdm=True, use_cpu=device.type == "cpu", bf16=model.dtype == torch.bfloat16,
-        completion_only_loss=True, max_length=None,
+    root = checkpoint_root(
+        cfg.run.cache_dir,
+        training_key(
+            {
+                "model": f"{source.name}@{source.fingerprint}",
+                "split": splits.fingerprint,
+                "prompt": render_prompt(program, cfg.task.structured_generation),
+                "settings": asdict(settings),
+                "seed": cfg.seed,
+                "dtype": cfg.model.dtype,
+            }
+        ),
     )
-    lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                      target_modules=settings.target_modules)
+    args = SFTConfig(
+        output_dir=str(root),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps or -1,
+        learning_rate=settings.lr,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=2,
+        eval_strategy="no" if val is None else "steps",
+        eval_steps=save_steps,
+        load_best_model_at_end=val is not None,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=device.type == "cpu",
+        bf16=model.dtype == torch.bfloat16,
+        completion_only_loss=True,
+        max_length=None,
+    )
+    lora = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+    )
     progress = RichProgressCallback(console)
     callbacks = [progress] + ([EarlyStoppingCallback(settings.patience)] if val is not None else [])
     set_seed(cfg.seed)  # the adapter's initial weights
     try:
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=processor,
-                             peft_config=lora, callbacks=callbacks)
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=val,
+            processing_class=processor,
+            peft_config=lora,
+            callbacks=callbacks,
+        )
     except ValueError as exc:
         if "target" not in str(exc).lower():
             raise
-        raise FinetuneError(f"the LoRA target modules match no layer of {cfg.model.id!r} ({exc}); pass "
-                            "--target-modules with a regex over its module names") from None
+        raise FinetuneError(
+            f"the LoRA target modules match no layer of {cfg.model.id!r} ({exc}); pass "
+            "--target-modules with a regex over its module names"
+        ) from None
     trainer.remove_callback(PrinterCallback)  # the rich bar shows the losses; training.json keeps them all
     resume = last_complete_checkpoint(root)
     try:
@@ -239,16 +316,23 @@ def _train(cfg: TaskConfig, program: Classify, splits: LoadedSplits, settings: F
     state = trainer.state
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     training = {
-        "global_step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
-        "resumed_from_step": progress.started_at, "steps_run": state.global_step - (progress.started_at or 0),
-        "train_loss": losses[-1] if losses else None, "best_val_loss": state.best_metric,
-        "best_checkpoint": state.best_model_checkpoint, "train_and_val": settings.train_and_val,
-        "n_train": len(train), "n_val": 0 if val is None else len(val), "checkpoints": str(root),
+        "global_step": state.global_step,
+        "max_steps": state.max_steps,
+        "epoch": state.epoch,
+        "resumed_from_step": progress.started_at,
+        "steps_run": state.global_step - (progress.started_at or 0),
+        "train_loss": losses[-1] if losses else None,
+        "best_val_loss": state.best_metric,
+        "best_checkpoint": state.best_model_checkpoint,
+        "train_and_val": settings.train_and_val,
+        "n_train": len(train),
+        "n_val": 0 if val is None else len(val),
+        "checkpoints": str(root),
         "parameters": {"trainable": trainable, "total": total - trainable},  # total: the merged model's
-        "base_fingerprint": source.fingerprint, "settings": asdict(settings),
+        "base_fingerprint": source.fingerprint,
+        "settings": asdict(settings),
         "log_history": state.log_history,
     }
     del trainer, model
     gc.collect()
     return adapter_dir, training
-

@@ -29,8 +29,9 @@ def sft_rows(program: Classify, examples: list[dspy.Example], processor, family:
     template_kwargs = dict(family.template_kwargs)
     rows = []
     for example in examples:
-        prompt, images = render_program_prompt(processor, program.adapter, program.signature, program.predict.demos,
-                                               example.image, **template_kwargs)
+        prompt, images = render_program_prompt(
+            processor, program.adapter, program.signature, program.predict.demos, example.image, **template_kwargs
+        )
         answer = program.adapter.format_assistant_message_content(program.signature, {"label": example.label})
         rows.append({"prompt": prompt, "completion": answer + end, "images": images})
     return rows

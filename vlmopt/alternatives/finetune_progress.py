@@ -24,13 +24,20 @@ class RichProgressCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.started_at = state.global_step
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("val {task.fields[val]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
         )
         self._progress.start()
-        self._bar = self._progress.add_task(self.description, total=state.max_steps, completed=state.global_step,
-                                            loss="-", val="-")
+        self._bar = self._progress.add_task(
+            self.description, total=state.max_steps, completed=state.global_step, loss="-", val="-"
+        )
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._progress is not None:

@@ -20,9 +20,12 @@ def lora_server_args(artifact: str | os.PathLike[str]) -> tuple[list[str], str]:
     """(vLLM flags serving the artifact's verified LoRA adapter, the name it is served under)."""
     frozen = load_artifact(artifact)
     if frozen.adapter_dir is None:
-        raise ArtifactError(f"{artifact}: this artifact has no LoRA adapter (it is a prompt); serve the model "
-                            "without --lora")
+        raise ArtifactError(
+            f"{artifact}: this artifact has no LoRA adapter (it is a prompt); serve the model without --lora"
+        )
     adapter = frozen.artifact.adapter
     rank = next((r for r in VLLM_LORA_RANKS if r >= adapter.rank), adapter.rank)
-    return (["--enable-lora", "--lora-modules", f"{adapter.name}={frozen.adapter_dir}", "--max-lora-rank", str(rank)],
-            adapter.name)
+    return (
+        ["--enable-lora", "--lora-modules", f"{adapter.name}={frozen.adapter_dir}", "--max-lora-rank", str(rank)],
+        adapter.name,
+    )
