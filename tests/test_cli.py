@@ -14,7 +14,7 @@ from vlmopt.export import fill_image
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 runner = CliRunner()
 
-COMMANDS = ("config", "evaluate", "optimize", "predict", "export", "report", "serve", "demo")
+COMMANDS = ("config", "evaluate", "optimize", "predict", "export", "report", "serve", "baseline", "demo")
 
 
 def invoke(*args: str):

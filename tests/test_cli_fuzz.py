@@ -133,7 +133,8 @@ CASES = {
     # and more, tried as a new user
     "report-plain-folder": Case(lambda w: ["report", w.path("not-a-run")], ("not-a-run", "has no metrics.json")),
     "report-a-file": Case(lambda w: ["report", w.path("a-file.txt")], ("a-file.txt", "is a file")),
-    "report-three-runs": Case(lambda w: ["report", *[w.path("not-a-run")] * 3], ("one run directory, or two",)),
+    "report-three-non-runs": Case(lambda w: ["report", *[w.path("not-a-run")] * 3],
+                                  ("not-a-run", "has no metrics.json")),
     "folder-of-text-files": Case(
         lambda w: ["evaluate", w.config("text", dataset={"source": w.path("text-only")})], ("text-only", ".png")),
     "single-class-manifest": Case(
@@ -217,9 +218,11 @@ def _run(case: Case, args: list[str]) -> tuple[int, str, str]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_invocation_is_one_line_and_exit_2(name, world, isolated_datasets_cache):
     case = CASES[name]
+    before = set(Path.cwd().iterdir())
     code, stderr, output = _run(case, case.args(world))
     assert "Traceback" not in output, output
     assert code == 2, output
+    assert set(Path.cwd().iterdir()) == before  # a refused command leaves nothing behind (no empty outputs)
     if case.usage:
         said = " ".join(stderr.replace("│", " ").split())
         assert "Invalid value" in said or "does not exist" in said, said

@@ -27,6 +27,7 @@ from vlmopt.config import parse_config
 from vlmopt.datasets import load_splits
 from vlmopt.pipeline import evaluate_task
 from vlmopt.programs import create_program
+from vlmopt.reports.run_comparison import collect_runs
 from vlmopt.serving.model_loading import load_model, locate_adapter, locate_model
 from vlmopt.testing.images import make_image_dataset
 
@@ -94,9 +95,14 @@ def test_the_run_directory_holds_the_adapter_the_artifact_and_the_cost_fields(fi
     metrics = json.loads((outcome.run.path / "metrics.json").read_text())
     assert metrics["kind"] == "finetune" and metrics["n"] == 6 and 0 <= metrics["accuracy"] <= 1
     assert metrics["model_calls"] == 9  # val (3) and test (6), each image once
-    assert 0 < metrics["parameters"]["trainable"] < metrics["parameters"]["total"]
+    assert metrics["method"] == "finetune" and metrics["split_fingerprint"] == load_splits(finetuned[0]).fingerprint
+    assert (
+        0 < metrics["parameters_detail"]["trainable"] < metrics["parameters"] == metrics["parameters_detail"]["total"]
+    )
     assert metrics["latency_ms_per_image"] > 0 and metrics["wall_s"] > 0
     assert (outcome.adapter_dir / ADAPTER_WEIGHTS).is_file() and (outcome.run.path / "report.html").is_file()
+    (row,) = collect_runs([outcome.run.path])  # a row of vlmopt report's comparison
+    assert row.label == "fine-tuned VLM" and row.parameters == metrics["parameters"]
     artifact = json.loads(outcome.artifact.read_text())
     assert artifact["format_version"] == 3 and artifact["adapter"]["path"] == "adapter"
     assert artifact["model"]["id"] == str(finetuned[0].model.id)

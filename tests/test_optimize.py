@@ -99,6 +99,21 @@ def test_run_directory_holds_the_protocol(optimized):
     assert prompt["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"] == ["cat", "dog", "bird"]
 
 
+def test_the_run_records_its_cost_and_compares_as_baseline_and_optimized_rows(optimized):
+    """What `vlmopt report RUN ...` reads (reports/run_comparison.py): method, model calls, wall, split fingerprint."""
+    from vlmopt.reports.run_comparison import check_same_test_set, collect_runs
+
+    _, outcome, _ = optimized
+    optimized_metrics = json.loads((outcome.run.path / "metrics.json").read_text())
+    baseline_metrics = json.loads((outcome.run.path / "baseline_metrics.json").read_text())
+    assert optimized_metrics["method"] == "prompt-optimized" and baseline_metrics["method"] == "prompt-baseline"
+    assert optimized_metrics["model_calls"] == outcome.model_calls > baseline_metrics["model_calls"] > 0
+    assert optimized_metrics["wall_s"] > baseline_metrics["wall_s"] > 0
+    rows = collect_runs([outcome.run.path])
+    assert [r.label for r in rows] == ["baseline prompt", "optimized prompt"] and check_same_test_set(rows) == {}
+    assert rows[0].fingerprint == rows[1].fingerprint is not None
+
+
 def test_artifact_reloads_and_reproduces_val_accuracy(optimized):
     cfg, outcome, engine = optimized
     frozen = load_artifact(outcome.artifact, expected_labels=["cat", "dog", "bird"])

@@ -4,13 +4,17 @@ Real commands on the tiny random Idefics3 (in-process) and real network failures
 port nobody listens on). The kill is a real SIGKILL of a `vlmopt predict` subprocess mid-run.
 """
 
+import functools
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -212,3 +216,61 @@ def test_a_notebook_call_predicts_a_folder_and_keeps_no_prompts_in_dspy_history(
     assert summary.exit_code == 0 and summary.predicted == summary.total == 6
     assert sum(summary.labels.values()) == 6 and summary.skipped == 0 and summary.n_failed == 0
     assert GLOBAL_HISTORY[-1:] == last_before and lm.history == []
+
+
+@contextmanager
+def serving_folder(folder: Path):
+    """A loopback HTTP server for ``folder``'s files (the stand-in for a bucket's https:// URLs)."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_manifest_of_urls_is_predicted_like_the_files_and_bad_urls_are_failure_rows(tmp_path, tiny_idefics3_dir):
+    data = make_image_dataset(tmp_path / "data", n_per_class=2, seed=8)
+    artifact = shapes_artifact(tmp_path / "artifact.json", str(tiny_idefics3_dir))
+    by_path = tmp_path / "by_path.jsonl"
+    assert invoke("predict", data.folder, "--artifact", artifact, "-o", by_path, "--num-threads", "1").exit_code == 0
+    with serving_folder(data.root) as root:
+        urls = [f"{root}/{rel}" for rel, _ in data.items]
+        dead = f"http://127.0.0.1:{free_port()}/nobody/listens.png"
+        manifest = tmp_path / "urls.csv"
+        manifest.write_text("image\n" + "\n".join([*urls, f"{root}/no/such.png", dead]) + "\n")
+        out = tmp_path / "by_url.jsonl"
+        result = invoke("predict", manifest, "--artifact", artifact, "-o", out, "--num-threads", "1")
+    assert result.exit_code == 1, result.output  # two images without a row
+    expected = {Path(row["id"]).relative_to(data.root).as_posix(): row for row in rows_of(by_path)}
+    got = {row["id"].removeprefix(f"{root}/"): row for row in rows_of(out)}
+    assert sorted(got) == sorted(expected)
+    for rel, row in got.items():
+        assert (row["label"], row["raw"], row["confidence"]) == (
+            expected[rel]["label"], expected[rel]["raw"], expected[rel]["confidence"]), rel
+    reasons = {f["id"]: (f["stage"], f["reason"]) for f in failures_of(out)}
+    assert reasons == {f"{root}/no/such.png": ("read", "missing"), dead: ("read", "unreachable")}
+
+
+def test_an_output_of_another_artifact_is_refused_before_any_work(tmp_path):
+    data = make_image_dataset(tmp_path / "data", n_per_class=1)
+    first = shapes_artifact(tmp_path / "first.json", "tiny")
+    other = shapes_artifact(tmp_path / "other.json", "tiny", WEIGHTS)
+    out = tmp_path / "labels.jsonl"
+    out.write_text(json.dumps({"id": "earlier.png", "label": "circle", "confidence": 0.5, "valid": True,
+                               "raw": ""}) + "\n")
+    dead = dead_server_config(tmp_path)
+    assert invoke("predict", data.folder, "--artifact", first, "--config", dead, "-o", out,
+                  "--max-failures", "100%").exit_code == 1  # adopts the unstamped output; the calls fail
+    result = invoke("predict", data.folder, "--artifact", other, "--config", dead, "-o", out)
+    assert result.exit_code == 2, result.output
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    sha = load_artifact(first).artifact.sha256[:12]
+    assert f"{out} holds rows of another artifact ({first}, sha256 {sha})" in line and "give another -o" in line
+    assert len(failures_of(out)) == 0  # refused before any call: the failures file was not even started
+    again = invoke("predict", data.folder, "--artifact", first, "--config", dead, "-o", out, "--max-failures", "100%")
+    assert again.exit_code == 1 and len(failures_of(out)) == 3  # the same artifact resumes

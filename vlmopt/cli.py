@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from vlmopt.cli_baseline import baseline
 from vlmopt.cli_choices import Backend, ExportFormat, Objective, Split
 from vlmopt.cli_errors import check_output_file, err_console, user_errors
 from vlmopt.config import ConfigError, TaskConfig, load_config
@@ -246,14 +247,15 @@ def predict(
     )] = None,
     ray: Annotated[bool, typer.Option(
         "--ray", help="Run on Ray Data, in a pool of --actors actors: joins the cluster in RAY_ADDRESS (or "
-        "--ray-address), else starts a local Ray. OUTPUT is then a folder of .parquet or .jsonl shards. "
+        "--ray-address), else starts a local Ray. Same OUTPUT, resume and failures as without it. "
         "Needs vlmopt[ray].",
     )] = False,
     ray_address: Annotated[str | None, typer.Option(
         help="With --ray (implies it): the Ray cluster to join (auto, ray://head:10001, 10.0.0.5:6379).",
     )] = None,
     actors: Annotated[int, typer.Option(
-        min=1, help="With --ray: actors in the pool, each loading the model (or a client of --base-url) once.",
+        min=1, help="With --ray: actors in the pool, each loading the model (or a client of --base-url) once; "
+        "--num-threads is then the calls in flight per actor.",
     )] = 2,
 ) -> None:
     """Classify images with a frozen program; rows (id, label, confidence) appended as they finish, resumable.
@@ -277,11 +279,8 @@ def predict(
     from vlmopt.serving.factory import create_lm
 
     ray = ray or ray_address is not None
-    if ray and max_failures is not None:
-        raise typer.BadParameter("not applied on Ray (every image is tried; see the failures file)",
-                                 param_hint="'--max-failures'")
     failures = failures or default_failures_path(output)
-    check_output_file(output, folder_ok=output.suffix.lower() == ".parquet" or ray)
+    check_output_file(output, folder_ok=output.suffix.lower() == ".parquet")
     check_output_file(failures)
     check_inputs(inputs)
     frozen = load_artifact(artifact)
@@ -294,26 +293,17 @@ def predict(
         cfg = TaskConfig(model=model, dataset=dataset, task=frozen.task)
     cfg = config_for_artifact(_with_backend(cfg, None, base_url), frozen)
     check_backend(frozen, cfg)
-    if ray:
-        from vlmopt.predict.ray_runner import predict_on_ray
-
-        summary = predict_on_ray(
-            artifact, inputs, output, cfg=cfg, address=ray_address, actors=actors,
-            num_threads=num_threads, failures_path=failures, max_side=cfg.dataset.max_image_side,
-            max_pixels=cfg.dataset.max_image_pixels, image_column=image_column,
-        )
-        console.print(summary_table(summary))
-        if not summary.complete:
-            err_console.print(f"[yellow]{summary.n_failed} images have no row[/]: see {failures}; "
-                              "rerun the same command to retry them.", soft_wrap=True)
-            raise typer.Exit(1)
-        return
+    common = {"failures_path": failures, "max_side": cfg.dataset.max_image_side,
+              "max_pixels": cfg.dataset.max_image_pixels, "num_threads": num_threads, "max_failures": limit,
+              "image_column": image_column, "console": console}
     try:
-        summary = predict_to_file(
-            frozen, inputs, output, lm=lambda: create_lm(cfg), failures_path=failures,
-            max_side=cfg.dataset.max_image_side, max_pixels=cfg.dataset.max_image_pixels, num_threads=num_threads,
-            max_failures=limit, image_column=image_column, console=console,
-        )
+        if ray:
+            from vlmopt.predict.ray_runner import predict_on_ray
+
+            summary = predict_on_ray(artifact, inputs, output, cfg=cfg, address=ray_address, actors=actors, **common)
+        else:
+            summary = predict_to_file(frozen, inputs, output, lm=lambda: create_lm(cfg), artifact_path=artifact,
+                                      **common)
     except KeyboardInterrupt:
         err_console.print(f"[yellow]interrupted[/]: the rows written so far are kept in {output}; "
                           "rerun the same command to resume.")
@@ -365,18 +355,45 @@ def export(
 @app.command()
 @user_errors
 def report(
-    runs: Annotated[list[Path], typer.Argument(help="One run directory, or two to compare.", show_default=False)],
+    runs: Annotated[list[Path], typer.Argument(
+        help="Run directories: one to rebuild its report.html; several (or a `baseline` run's folder) for one "
+        "table across them.", show_default=False,
+    )],
+    allow_different_splits: Annotated[bool, typer.Option(
+        "--allow-different-splits", help="Show runs that scored other test images, flagged, instead of refusing.",
+    )] = False,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Folder for comparison.html/.csv/.md (default: comparison-<timestamp>/ beside the "
+        "first run).",
+    )] = None,
 ) -> None:
-    """Rebuild a run's report.html; with two runs, write a comparison (which images flipped)."""
-    from vlmopt.reports.html import compare_runs, write_report
+    """Rebuild a run's report.html; with several runs, one table across them (terminal, HTML, CSV, markdown).
 
-    if len(runs) == 1:
-        path = write_report(runs[0])
-    elif len(runs) == 2:
-        path = compare_runs(runs[0], runs[1])
-    else:
-        raise ConfigError("report takes one run directory, or two to compare")
-    console.print(f"wrote [bold]{path}[/]")
+    The table has accuracy with its interval, macro-F1, ECE, latency per image, parameters, and
+    the run's cost (model calls, wall time), one row per classifier — an optimize run gives its
+    baseline and optimized prompts. Runs that scored different test images are refused. With two
+    runs, the page of which images flipped is written too.
+    """
+    from vlmopt.reports.html import compare_runs, write_report
+    from vlmopt.reports.run_dir import METRICS
+
+    if len(runs) == 1 and (runs[0] / METRICS).is_file():
+        console.print(f"wrote [bold]{write_report(runs[0])}[/]")
+        return
+    from vlmopt.reports.comparison_outputs import rich_table, write_comparison
+    from vlmopt.reports.run_comparison import check_same_test_set, collect_runs
+    from vlmopt.reports.run_dir import RunDir
+
+    compared = collect_runs(runs)
+    notes = check_same_test_set(compared, allow=allow_different_splits)
+    console.print(rich_table(compared, notes))
+    for note in notes.values():
+        console.print(f"[yellow](!)[/] {note}", soft_wrap=True)
+    out = output or RunDir.create(runs[0].parent, "comparison").path
+    for path in write_comparison(compared, notes, out).values():
+        console.print(f"wrote [bold]{path}[/]")
+    if len(runs) == 2 and all((run / METRICS).is_file() for run in runs):
+        console.print(f"wrote [bold]{compare_runs(runs[0], runs[1])}[/]")
 
 
 @app.command()
@@ -487,7 +504,7 @@ def finetune(
     training = outcome.training
     resumed = f", resumed from step {training['resumed_from_step']}" if training["resumed_from_step"] else ""
     console.print(f"trained {training['global_step']} steps ({training['epoch']:.1f} epochs{resumed}); "
-                  f"{outcome.metrics['parameters']['trainable']:,} trainable parameters; checkpoints: "
+                  f"{outcome.metrics['parameters_detail']['trainable']:,} trainable parameters; checkpoints: "
                   f"{training['checkpoints']}")
     console.print(f"adapter: [bold]{outcome.adapter_dir}[/]\nartifact: [bold]{outcome.artifact}[/]\n"
                   f"run directory: [bold]{outcome.run.path}[/]")
@@ -507,6 +524,9 @@ def demo(
     from vlmopt.demo import run_offline_demo
 
     run_offline_demo(workdir, console=console)
+
+
+app.command()(baseline)  # vlmopt/cli_baseline.py
 
 
 def main() -> None:  # pragma: no cover - console-script entry

@@ -51,11 +51,12 @@ class SplitInfo:
     name: str | None = None  # "val", "test", "all" ...
     sizes: dict[str, int] | None = None  # every split's size, so a report says what was held out
     n_skipped: int = 0  # images the loader could not read (they are in no split)
+    fingerprint: str | None = None  # of the seeded split: runs to compare must share it
 
     @classmethod
     def of(cls, name: str, splits) -> SplitInfo:
         """The info for split ``name`` of a ``LoadedSplits``."""
-        return cls(name, splits.sizes(), len(splits.skipped))
+        return cls(name, splits.sizes(), len(splits.skipped), splits.fingerprint)
 
 
 @dataclass
@@ -226,7 +227,8 @@ def evaluate_program(
     )
     metrics["n_failed"] = len(errors)
     if split.name is not None:
-        metrics.update(split=split.name, split_sizes=split.sizes, n_skipped=split.n_skipped)
+        metrics.update(split=split.name, split_sizes=split.sizes, n_skipped=split.n_skipped,
+                       split_fingerprint=split.fingerprint)
     if replays is not None:
         metrics.update({key: replays.metrics[key] for key in ("latency", "tokens")})
     return EvalOutcome(records=records, failed_ids=list(errors), metrics=metrics, errors=errors)

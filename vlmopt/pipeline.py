@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +68,7 @@ def evaluate_task(
     console: Console | None = None,
 ) -> tuple[RunDir, EvalOutcome]:
     """Evaluate the config's own prompt — or a frozen ``artifact`` — on a split; write a run directory."""
+    started = time.perf_counter()
     if artifact is not None and lm is None:  # a fine-tuned artifact runs on its LoRA adapter
         cfg = config_for_artifact(cfg, load_artifact(artifact))
     run, splits, lm, calls_before = _start_run(cfg, lm)
@@ -92,8 +94,14 @@ def evaluate_task(
         split=SplitInfo.of(split, splits),
     )
     outcome.model_calls = _calls_since(lm, calls_before)
+    outcome.metrics.update(_cost("prompt", outcome.model_calls, started))
     finish_run(run, outcome.metrics)
     return run, outcome
+
+
+def _cost(method: str, model_calls: int | None, started: float) -> dict[str, Any]:
+    """What the comparison table reads besides the metrics (``reports/run_comparison.py``): the whole run's cost."""
+    return {"method": method, "model_calls": model_calls, "wall_s": time.perf_counter() - started}
 
 
 def finish_run(run: RunDir, metrics: dict[str, Any]) -> None:
@@ -158,6 +166,7 @@ def optimize_task(
     ``baseline_metrics.json``, ``trials.json``, ``prompt.json``, ``artifact.json``, ``report.html``;
     with ``optimizer.calibrate``, ``calibration.json`` (ReAnchor on val, before and after).
     """
+    started = time.perf_counter()
     run, splits, lm, calls_before = _start_run(cfg, lm)
     threads = cfg.run.num_threads
     common = dict(labels=splits.labels, num_threads=threads, seed=cfg.seed, console=console)
@@ -171,6 +180,7 @@ def optimize_task(
         "test": evaluate_program(program, splits.test, run=run.child("baseline"), description="baseline test",
                                  split=test, **base),
     }
+    baseline["test"].metrics.update(_cost("prompt-baseline", _calls_since(lm, calls_before), started))
     winner = search_program(cfg, splits, lm, run=run, prompt_lm=prompt_lm, lm_factory=lm_factory, console=console)
     won = dict(lm=winner.lm, task=winner.cfg.task, **common)
     optimized = {"val": evaluate_program(winner.program, winner.splits.val, description="optimized val", split=val,
@@ -225,8 +235,9 @@ def optimize_task(
     frozen = read_verified(artifact).content()  # apps replaying prompt.json need the calibrated decision too
     decision = {"decision": frozen["decision"]} if frozen["decision"] else {}
     run.write_json("prompt.json", {**frozen["prompt"], **decision})
-    finish_run(run, optimized["test"].metrics)
     calls = _calls_since(lm, calls_before)
+    optimized["test"].metrics.update(_cost("prompt-optimized", calls, started))
+    finish_run(run, optimized["test"].metrics)
     return OptimizeOutcome(run, baseline, optimized, winner.history, artifact, calls, winner.notes, comparisons,
                            argmax)
 

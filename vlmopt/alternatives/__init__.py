@@ -1,6 +1,9 @@
-"""Alternatives to prompt optimization, measured under the same held-out protocol.
+"""Alternatives to a prompt-optimized VLM, measured under the same held-out protocol.
 
-Classic image classifiers (CLIP / SigLIP zero-shot and a linear probe) and LoRA fine-tuning of
-the VLM itself (``finetune``): each writes a run directory whose ``metrics.json`` carries the
-same metrics as an evaluate run, plus its cost (``kind``, ``wall_s``, ``parameters``, ...).
+``run.py`` (``vlmopt baseline``): CLIP / SigLIP zero-shot with prompt ensembling (``zero_shot.py``)
+and a scikit-learn linear probe on frozen image embeddings (``linear_probe.py``), both from one
+contrastive model (``encoder.py``), embeddings kept per split for resume (``embeddings.py``), rows
+and metrics written as every run's are (``records.py``). ``finetune.py`` (``vlmopt finetune``): LoRA
+fine-tuning of the VLM itself (peft + TRL), its adapter served by ``lora_serving.py``. Importing
+this package loads nothing heavy; each module imports what it needs.
 """

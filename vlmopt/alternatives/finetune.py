@@ -15,8 +15,9 @@ own with the prompt masked, which is exactly the engine's prompt plus the label 
 * **Output**: the run directory holds ``adapter/`` (``save_pretrained``: safetensors),
   ``artifact.json`` (format 3: the program plus the adapter's sha256 and base-model fingerprint),
   the test predictions, ``training.json`` (the trainer's state) and ``metrics.json`` with the
-  standard metrics and the cost fields the comparison reads (``kind``, ``model_calls``,
-  ``wall_s``, ``parameters``, ``latency_ms_per_image``).
+  standard metrics and the cost fields the comparison reads (``method``/``kind``: ``finetune``,
+  ``model_calls``: the evaluation's, ``wall_s``: training included, ``parameters``: the merged
+  model's, with ``parameters_detail.trainable``, ``latency_ms_per_image``).
 
 Example::
 
@@ -159,10 +160,13 @@ def finetune_task(
     calls = model_calls(lm)
     metrics = {
         **test.metrics,
+        "method": "finetune",  # what reports/run_comparison.py reads (``kind`` too)
         "kind": "finetune",
+        "model": cfg.model.id,
         "model_calls": None if calls is None or calls_before is None else calls - calls_before,
         "wall_s": round(time.monotonic() - started, 1),
-        "parameters": training["parameters"],
+        "parameters": training["parameters"]["total"],  # what inference runs: the merged model
+        "parameters_detail": training["parameters"],  # trainable (the adapter) and total
         "latency_ms_per_image": _latency_ms(test),
         "training": {k: training[k] for k in ("global_step", "epoch", "train_loss", "best_val_loss", "train_and_val")},
         "prompt": str(prompt),

@@ -4,9 +4,10 @@ Datasets in the wild hold CMYK JPEGs, 16-bit PNGs, palettes with transparency, a
 phone photos whose pixels are stored sideways with an EXIF rotation, and files that are not
 images at all. A VLM processor handles none of this consistently, so it is settled here:
 
-* ``open_image`` reads a path or bytes and fully decodes it, turning every failure into a
-  ``BadImage`` with a short ``reason`` (``missing``, ``empty``, ``not_an_image``, ``corrupt``,
-  ``truncated``, ``too_large``) that the loader counts as a skip instead of crashing;
+* ``open_image`` reads a path, a URL (``https://``, ``s3://`` … through fsspec, the file layer
+  ``datasets`` itself reads with) or bytes and fully decodes it, turning every failure into a
+  ``BadImage`` with a short ``reason`` (``missing``, ``unreachable``, ``empty``, ``not_an_image``,
+  ``corrupt``, ``truncated``, ``too_large``) that the loader counts as a skip instead of crashing;
 * ``normalize_image`` applies the EXIF orientation, keeps the first frame of an animation,
   converts any mode to RGB (alpha flattened on white, 16-bit scaled to 8-bit) and downscales so
   the longer side is at most ``max_side``;
@@ -150,9 +151,50 @@ def thumbnail_uri(image: dspy.Image, side: int = 96) -> str:
     return to_dspy_image(thumb, quality=80).url
 
 
+URL_READ_TIMEOUT_S = 60.0
+"""How long one image download may take before it is an ``unreachable`` failure."""
+
+
+def is_url(source: ImageSource) -> bool:
+    """A ``scheme://`` string (``https://``, ``s3://``, ``gs://`` …), read through fsspec."""
+    return isinstance(source, str) and "://" in source and not source.startswith("file://")
+
+
+def _read_url(url: str) -> bytes:
+    import fsspec
+
+    options = {"client_kwargs": {"timeout": _http_timeout()}} if url.startswith(("http://", "https://")) else {}
+    try:
+        with fsspec.open(url, "rb", **options) as f:
+            return f.read()
+    except FileNotFoundError as exc:
+        cause = exc.__cause__  # fsspec's HTTP layer reports a refused connection as a missing file too
+        if not isinstance(cause, _connection_errors()):
+            raise BadImage("missing", f"{url} does not exist") from None
+        raise BadImage("unreachable", f"{url} could not be read ({type(cause).__name__}: {cause})") from None
+    except Exception as exc:  # noqa: BLE001 - every transport's errors (HTTP, S3, DNS ...) mean the same here
+        raise BadImage("unreachable", f"{url} could not be read ({type(exc).__name__}: {exc})") from None
+
+
+def _connection_errors() -> tuple[type[Exception], ...]:
+    try:
+        import aiohttp
+    except ImportError:
+        return (OSError,)
+    return (OSError, aiohttp.ClientConnectionError)
+
+
+def _http_timeout():
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=URL_READ_TIMEOUT_S)
+
+
 def _read_bytes(source: ImageSource) -> bytes:
     if isinstance(source, bytes):
         data = source
+    elif is_url(source):
+        data = _read_url(source)
     else:
         path = Path(source)
         if not path.is_file():

@@ -3,7 +3,7 @@
 A nightly run points at a bucket that may hold millions of images, so nothing here lists them
 all at once: folders are walked directory by directory (each directory's names sorted, so the
 order is the same every run), globs are expanded with ``glob.iglob``, and a manifest (CSV, JSONL
-or Parquet with a column of image paths) is streamed by ``datasets`` (``streaming=True``), a
+or Parquet with a column of image paths or URLs) is streamed by ``datasets`` (``streaming=True``), a
 block of rows at a time. Only paths travel; pixels are decoded later, by the worker that
 predicts the image.
 
@@ -30,6 +30,7 @@ from pathlib import Path
 
 from vlmopt.datasets.columns import IMAGE_SUFFIXES
 from vlmopt.datasets.errors import DatasetError
+from vlmopt.datasets.images import is_url
 
 MANIFEST_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 """Manifest suffix -> the ``datasets`` builder that streams it."""
@@ -59,8 +60,9 @@ def check_inputs(args: Iterable[str | Path]) -> list[str]:
     """The arguments as strings, or a ``DatasetError`` naming the first that is neither a path nor a glob."""
     args = [str(arg) for arg in args]
     for arg in args:
-        if not Path(arg).exists() and not is_glob(arg):
-            raise DatasetError(f"predict input {arg} does not exist (give image files, folders, a glob or a manifest)")
+        if not Path(arg).exists() and not is_glob(arg) and not is_url(arg):
+            raise DatasetError(f"predict input {arg} does not exist (give image files, folders, a glob, a manifest "
+                               "or image URLs)")
     return args
 
 
@@ -82,7 +84,9 @@ def no_images_error(args: Iterable[str | Path]) -> DatasetError:
 
 def _expand(arg: str, image_column: str | None) -> Iterator[Item]:
     path = Path(arg)
-    if path.is_dir():
+    if is_url(arg):
+        yield Item(arg, arg)  # one image by URL; a manifest lists many
+    elif path.is_dir():
         yield from (Item(p, p) for p in _walk(path))
     elif is_manifest(path):
         yield from _manifest_items(path, image_column)
@@ -107,7 +111,7 @@ def _is_image_file(path: str) -> bool:
 
 
 def _manifest_items(path: Path, image_column: str | None) -> Iterator[Item]:
-    """A manifest's rows as items: id = the cell as written, source = that path relative to the manifest."""
+    """A manifest's rows as items: id = the cell as written, source = that path relative to the manifest, or the URL."""
     import datasets
 
     stream = datasets.load_dataset(
@@ -124,7 +128,7 @@ def _manifest_items(path: Path, image_column: str | None) -> Iterator[Item]:
         if value is None or str(value).strip() == "":
             continue
         cell = str(value)
-        yield Item(cell, str(base / cell) if not os.path.isabs(cell) else cell)
+        yield Item(cell, cell if os.path.isabs(cell) or is_url(cell) else str(base / cell))
 
 
 def _path_column(row: dict, image_column: str | None, path: Path) -> str:

@@ -1,26 +1,29 @@
-"""``predict_on_ray``: the frozen program over a Ray Dataset of images, in a pool of actors, written as shards.
+"""``predict_on_ray``: the frozen program over a Ray Dataset of images, in a pool of actors, rows streamed home.
 
 When one machine is not enough, Ray Data does the distributing; this module adds no scheduler,
 queue or sharding of its own:
 
 1. the inputs are discovered exactly as on one machine (:func:`~vlmopt.predict.inputs.discover`:
-   files, folders, globs, manifests; paths only), ids the output already holds are dropped
-   (resume), and the rest become a Ray Dataset (``ray.data.from_items``);
+   files, folders, globs, manifests of paths or URLs), ids the output already holds are dropped
+   (resume), and the rest become a Ray Dataset (``ray.data.from_items``, one block per
+   ``batch_size`` items so every actor of the pool gets work);
 2. ``map_batches`` with a class (:class:`PredictActor`) runs an **actor pool** of ``actors``
    actors: each loads the artifact once and builds its LM once — the model in-process
-   (``backend.kind: transformers``) or a client of a vLLM server / fleet behind ``--base-url`` —
-   then calls :func:`~vlmopt.predict.rows.predict_image` per image, the one-machine code, so rows
-   and failures are exactly the one-machine ones (same decode, same rendered prompt, same
-   decision rule);
-3. the rows are written by Ray Data as shards, typed by the task's
-   :func:`~vlmopt.predict.rows.row_schema` (``write_parquet`` into a ``.parquet`` folder, or
-   ``write_json`` — JSON lines — into a ``.jsonl`` folder); the failures (few) are collected on
-   the driver and written to the same failures file as on one machine (id, stage, reason, message).
+   (``backend.kind: transformers``; ``actor_gpus=1`` places one replica per GPU) or a client of a
+   vLLM server / fleet behind ``--base-url`` — then calls
+   :func:`~vlmopt.predict.rows.predict_image` per image, the one-machine code, so rows and
+   failures are exactly the one-machine ones (same decode, same rendered prompt, same decision rule);
+3. the driver consumes the stream of finished blocks (``iter_batches``, in completion order) and
+   writes them with the one-machine sinks and :class:`~vlmopt.predict.stream.OutcomeWriter`: the
+   same output formats (JSONL, CSV, a Parquet folder of parts), appended as blocks finish, so a
+   killed run keeps every finished block and a rerun — on Ray or on one machine — resumes from
+   the same file; the same failures file, progress bar and ``--max-failures`` stop (the stream is
+   closed, Ray cancels the rest).
 
-The artifact is verified on the driver and travels as its JSON text (actors on other nodes need
-no shared disk for it); the images are read by the actors, so their paths must be readable on
-every node (shared storage). The dataset is cut into blocks of ``batch_size`` items so every
-actor of the pool gets work.
+Rows are small (about 200 bytes), so one driver writing them keeps up with thousands of images a
+second; the pixels never leave the actors. The artifact is verified on the driver and travels as
+its JSON text (actors on other nodes need no shared disk for it); the images are read by the
+actors, so their paths must be readable on every node (shared storage) or be URLs.
 
 Example::
 
@@ -32,23 +35,25 @@ Example::
 
 from __future__ import annotations
 
-import json
+import logging
 import tempfile
-import time
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from rich.console import Console
 
 from vlmopt.config import TaskConfig
 from vlmopt.errors import VlmoptError
 from vlmopt.predict.inputs import Item, check_inputs, discover, no_images_error
-from vlmopt.predict.rows import COLUMNS, Failure, label_key, row_schema
+from vlmopt.predict.limits import FailureLimit
+from vlmopt.predict.rows import Failure, Outcome, row_schema
 from vlmopt.predict.run import artifact_max_side
-from vlmopt.predict.sinks import FailureLog, OutputError, default_failures_path
+from vlmopt.predict.sinks import FailureLog, default_failures_path, open_sink
+from vlmopt.predict.stamp import claim_output
+from vlmopt.predict.stream import OutcomeWriter
 from vlmopt.predict.summary import PredictSummary
 
 FAILURE_COLUMNS = ["stage", "reason", "message"]
@@ -124,38 +129,28 @@ class PredictActor:
         return pa.Table.from_pylist(records, schema=self.schema)
 
 
-def _rows_only(table: pa.Table) -> pa.Table:
-    import pyarrow.compute as pc
-
-    return table.filter(pc.is_null(table.column("stage"))).select(COLUMNS)
-
-
-def _failures_only(table: pa.Table) -> pa.Table:
-    import pyarrow.compute as pc
-
-    return table.filter(pc.is_valid(table.column("stage"))).select(["id", *FAILURE_COLUMNS])
+def outcomes_of(table: pa.Table, schema: pa.Schema) -> Iterator[Outcome]:
+    """The rows and failures of one block the actors returned (a failure has ``stage`` set)."""
+    for record in table.to_pylist():
+        if record["stage"] is not None:
+            yield Failure(record["id"], record["stage"], record["reason"], record["message"])
+        else:
+            yield {name: record[name] for name in schema.names}
 
 
-def output_kind(output: Path) -> str:
-    """``parquet`` or ``jsonl``: the shard format a ``--ray`` output folder holds."""
-    kind = {".parquet": "parquet", ".jsonl": "jsonl"}.get(output.suffix.lower())
-    if kind is None:
-        raise OutputError(f"{output}: with --ray the output is a folder of shards named .parquet or .jsonl")
-    if output.exists() and not output.is_dir():
-        raise OutputError(f"{output} is a file; with --ray the output is a folder of shards: give another -o")
-    return kind
-
-
-def read_output_rows(output: Path) -> list[dict[str, Any]]:
-    """Every row a ``--ray`` output folder holds (its shards; names starting with ``_`` or ``.`` skipped)."""
-    if not output.is_dir():
-        return []
-    files = sorted(p for p in output.rglob("*") if p.is_file() and not p.name.startswith(("_", ".")))
-    if output_kind(output) == "parquet":
-        import pyarrow.parquet as pq
-
-        return [row for p in files if p.suffix == ".parquet" for row in pq.read_table(p).to_pylist()]
-    return [json.loads(line) for p in files for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+def start_ray(ray, address: str | None) -> None:
+    """Join the cluster at ``address`` (None: the one in RAY_ADDRESS, else a new local Ray), unless joined."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the driver draws the run's one bar and summary (OutcomeWriter)
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # "progress bars disabled", "execution finished"
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise RayConnectError(f"no Ray cluster at {address!r} ({exc}); start one with `ray start --head` "
+                              "or give --ray alone for a local Ray") from None
 
 
 def predict_on_ray(
@@ -173,8 +168,11 @@ def predict_on_ray(
     failures_path: str | Path | None = None,
     max_side: int | None = None,
     max_pixels: int | None = None,
+    max_failures: FailureLimit | int | None = None,
     image_column: str | None = None,
+    rows_per_part: int | None = None,
     cache: bool = False,
+    console: Console | None = None,
 ) -> PredictSummary:
     """Predict every image ``inputs`` name that ``output`` does not hold yet, on Ray Data; see the module docstring.
 
@@ -182,60 +180,59 @@ def predict_on_ray(
     OpenAI-compatible server at ``cfg.backend.base_url``). ``address``: a Ray cluster to join
     (``"auto"``, ``"ray://head:10001"``); None uses the Ray already initialised in this process,
     or starts a local one. ``actors``: the pool size; ``actor_cpus`` / ``actor_gpus``: what each
-    actor reserves (one GPU per actor places one model replica per GPU).
+    actor reserves (one GPU per actor places one model replica per GPU). ``num_threads``: calls in
+    flight inside each actor. The output, failures file and ``max_failures`` are
+    :func:`~vlmopt.predict.run.predict_to_file`'s.
     """
     from vlmopt.artifacts import load_artifact
 
     ray = import_ray()
     frozen = load_artifact(artifact)  # verified here once, before any actor starts
     output = Path(output)
-    kind = output_kind(output)
     failures_path = Path(failures_path) if failures_path is not None else default_failures_path(output)
     args = check_inputs(inputs)
-    done = {row["id"] for row in read_output_rows(output)}
-    todo: list[dict[str, str]] = []
-    skipped = 0
-    for item in discover(args, image_column=image_column):
-        if item.id in done:
-            skipped += 1
-        else:
-            todo.append({"id": item.id, "source": item.source})
-    if skipped + len(todo) == 0:
+    if next(discover(args, image_column=image_column), None) is None:  # before any output file is created
         raise no_images_error(args)
-    failed: Counter[str] = Counter()
-    predicted = 0
-    wall_s = 0.0
-    with FailureLog(failures_path) as failures:
+    limit = max_failures if isinstance(max_failures, FailureLimit) else FailureLimit(count=max_failures)
+    with open_sink(output, frozen.task, rows_per_part=rows_per_part) as sink, FailureLog(failures_path) as failures:
+        claim_output(output, frozen, has_rows=bool(sink.ids), artifact_path=artifact)
+        todo: list[dict[str, str]] = []
+        skipped = 0
+        for item in discover(args, image_column=image_column):
+            if item.id in sink.ids:
+                skipped += 1
+            else:
+                todo.append({"id": item.id, "source": item.source})
+        counts = None
         if todo:
-            if not ray.is_initialized():
-                try:
-                    ray.init(address=address, include_dashboard=False, log_to_driver=False)
-                except ConnectionError as exc:
-                    raise RayConnectError(f"no Ray cluster at {address!r} ({exc}); start one with `ray start "
-                                          "--head` or give --ray alone for a local Ray") from None
-            started = time.perf_counter()
-            blocks = -(-len(todo) // batch_size)  # Ray Data's own blocks: each one a batch for some actor
-            outcomes = ray.data.from_items(todo, override_num_blocks=blocks).map_batches(
+            start_ray(ray, address)
+            outcomes = ray.data.from_items(todo, override_num_blocks=-(-len(todo) // batch_size)).map_batches(
                 PredictActor,
                 fn_constructor_kwargs={
                     "artifact_json": Path(artifact).read_text(encoding="utf-8"),
                     "cfg": cfg, "max_side": max_side or artifact_max_side(frozen), "max_pixels": max_pixels,
                     "num_threads": num_threads, "cache": cache,
                 },
-                batch_size=batch_size, batch_format="pyarrow", concurrency=actors,
+                batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=actor_cpus, num_gpus=actor_gpus or None,
-            ).materialize()
-            rows = outcomes.map_batches(_rows_only, batch_format="pyarrow")
-            output.mkdir(parents=True, exist_ok=True)
-            if kind == "parquet":
-                rows.write_parquet(str(output))
-            else:
-                rows.write_json(str(output), double_precision=15)  # pandas' default, 10 digits, rounds confidences
-            for record in outcomes.map_batches(_failures_only, batch_format="pyarrow").take_all():
-                failures.append(Failure(record["id"], record["stage"], record["reason"], record["message"]))
-            predicted = rows.count()
-            wall_s = time.perf_counter() - started
+            )
+            schema = row_schema(frozen.task)
+            with OutcomeWriter(sink, failures, max_failures=limit.allowed(len(todo)), total=len(todo),
+                               console=console) as writer:
+                blocks = iter(outcomes.iter_batches(batch_size=None, batch_format="pyarrow"))
+                try:
+                    for block in blocks:
+                        writer.write(outcomes_of(block, schema))
+                        if writer.stopped:
+                            break
+                finally:
+                    blocks.close()  # stops the executor: Ray cancels the blocks not yet done
+            counts = writer.counts()
+        labels = sink.labels.copy()
         failed = failures.by_stage.copy()
-    labels = Counter(label_key(row["label"]) for row in read_output_rows(output))
+    processed = counts.processed if counts else 0
     return PredictSummary(output=output, failures_path=failures_path, total=skipped + len(todo), skipped=skipped,
-                          predicted=predicted, failed=failed, labels=labels, wall_s=wall_s)
+                          predicted=counts.predicted if counts else 0, failed=failed,
+                          not_attempted=len(todo) - processed, labels=labels,
+                          stopped=counts.stopped if counts else None, wall_s=counts.wall_s if counts else 0.0,
+                          first_s=counts.first_s if counts else 0.0)

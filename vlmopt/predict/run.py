@@ -36,6 +36,7 @@ from vlmopt.artifacts import FrozenProgram
 from vlmopt.predict.inputs import check_inputs, discover, no_images_error
 from vlmopt.predict.limits import FailureLimit
 from vlmopt.predict.sinks import FailureLog, default_failures_path, open_sink
+from vlmopt.predict.stamp import claim_output
 from vlmopt.predict.stream import run_stream
 from vlmopt.predict.summary import PredictSummary
 from vlmopt.serving.factory import close_lm
@@ -65,19 +66,25 @@ def predict_to_file(
     rows_per_part: int | None = None,
     cache: bool = False,
     console: Console | None = None,
+    artifact_path: str | Path = "",
 ) -> PredictSummary:
     """Predict every image ``inputs`` name that ``output`` does not hold yet; see the module docstring.
 
     ``lm`` is an LM, or a function building one — called only when some image is left, and the
     LM it builds is closed at the end. ``max_failures``: a :class:`FailureLimit`, a count, or
     None for the default. ``rows_per_part``: Parquet output only (rows per part file).
+    An output holding rows of another artifact is refused (:mod:`~vlmopt.predict.stamp`);
+    ``artifact_path`` is only named in that message.
     """
     output = Path(output)
     failures_path = Path(failures_path) if failures_path is not None else default_failures_path(output)
     args = check_inputs(inputs)
+    if next(discover(args, image_column=image_column), None) is None:  # before any output file is created
+        raise no_images_error(args)
     limit = max_failures if isinstance(max_failures, FailureLimit) else FailureLimit(count=max_failures)
     with open_sink(output, frozen.task, rows_per_part=rows_per_part) as sink, FailureLog(failures_path) as failures:
-        skipped, todo = _count(args, sink.ids, image_column)
+        claim_output(output, frozen, has_rows=bool(sink.ids), artifact_path=artifact_path)
+        skipped, todo = count_left(args, sink.ids, image_column)
         counts = None
         if todo:
             built = None if isinstance(lm, dspy.BaseLM) else lm()
@@ -106,10 +113,11 @@ def predict_to_file(
         labels=labels,
         stopped=counts.stopped if counts else None,
         wall_s=counts.wall_s if counts else 0.0,
+        first_s=counts.first_s if counts else 0.0,
     )
 
 
-def _count(args: list[str], done: set[str], image_column: str | None) -> tuple[int, int]:
+def count_left(args: list[str], done: set[str], image_column: str | None) -> tuple[int, int]:
     """(images the output holds, images left): one walk over the paths, no pixels read."""
     skipped = todo = 0
     for item in discover(args, image_column=image_column):
@@ -117,6 +125,4 @@ def _count(args: list[str], done: set[str], image_column: str | None) -> tuple[i
             skipped += 1
         else:
             todo += 1
-    if skipped + todo == 0:
-        raise no_images_error(args)
     return skipped, todo

@@ -3,9 +3,10 @@
 Worker threads (``num_threads``, so the in-process engine can micro-batch concurrent calls and a
 server sees concurrent requests) each take one :class:`~vlmopt.predict.inputs.Item`, decode it,
 call the frozen program and hand back its row or failure (:func:`~vlmopt.predict.rows.predict_image`).
-The main thread alone writes, so the sink needs no lock. At most ``window`` items are submitted
-and not yet written; items are pulled from the (lazy) discovery only to refill it, so memory
-holds at most ``num_threads`` decoded images and ``window`` paths — flat in the number of images.
+The main thread alone writes, through an :class:`OutcomeWriter`, so the sink needs no lock. At
+most ``window`` items are submitted and not yet written; items are pulled from the (lazy)
+discovery only to refill it, so memory holds at most ``num_threads`` decoded images and
+``window`` paths — flat in the number of images.
 
 Each worker runs under ``_dspy_compat.without_history(lm=lm)``: DSPy otherwise keeps the
 last 10,000 calls, prompts with their base64 images included, in the LM's history — memory that
@@ -23,7 +24,7 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -51,20 +52,65 @@ class StreamCounts:
     processed: int  # rows written + failures recorded
     stopped: str | None  # why the loop stopped early, or None
     wall_s: float  # seconds from the first submission to the last row
+    first_s: float = 0.0  # seconds until the first outcome came back (a Ray pool's start-up shows here)
 
 
-def _progress(console: Console | None) -> Progress:
-    return Progress(
-        TextColumn("[bold]predict"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:.2f} img/s"),
-        TextColumn("failed {task.fields[failed]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-    )
+class OutcomeWriter:
+    """Writes outcomes as they arrive — rows to the sink, failures to the log — behind a progress bar.
+
+    Shared by every runner (the thread window here, Ray's stream of blocks), so they count, show
+    and stop alike: once more than ``max_failures`` images have failed, ``stopped`` says why and
+    the runner stops feeding new images.
+    """
+
+    def __init__(self, sink: RowSink, failures: FailureLog, *, max_failures: int, total: int,
+                 console: Console | None = None) -> None:
+        self.sink, self.failures, self.max_failures = sink, failures, max_failures
+        self.predicted = self.processed = 0
+        self.stopped: str | None = None
+        self.started = time.perf_counter()
+        self.first_at: float | None = None
+        self._progress = Progress(
+            TextColumn("[bold]predict"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.2f} img/s"),
+            TextColumn("failed {task.fields[failed]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self._bar = self._progress.add_task("predict", total=total, rate=0.0, failed=0)
+
+    def write(self, outcomes: Iterable[Outcome]) -> None:
+        n = 0
+        for outcome in outcomes:
+            if isinstance(outcome, Failure):
+                self.failures.append(outcome)
+            elif self.sink.append(outcome):
+                self.predicted += 1
+            n += 1
+        if self.first_at is None and n:
+            self.first_at = time.perf_counter()
+        self.processed += n
+        elapsed = time.perf_counter() - self.started
+        self._progress.update(self._bar, advance=n, rate=self.processed / elapsed, failed=self.failures.count)
+        if self.stopped is None and self.failures.count > self.max_failures:
+            self.stopped = _stop_reason(self.failures, self.max_failures)
+
+    def counts(self) -> StreamCounts:
+        return StreamCounts(predicted=self.predicted, processed=self.processed, stopped=self.stopped,
+                            wall_s=time.perf_counter() - self.started,
+                            first_s=(self.first_at or self.started) - self.started)
+
+    def __enter__(self) -> OutcomeWriter:
+        self._progress.start()
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
 
 
 def run_stream(
@@ -90,35 +136,20 @@ def run_stream(
         with without_history(lm=lm):
             return predict_image(program, task, item, max_side=max_side, max_pixels=max_pixels)
 
-    predicted = processed = 0
-    stopped: str | None = None
-    started = time.perf_counter()
     pending: set[Future[Outcome]] = set()
     executor = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="vlmopt-predict")
     try:
-        with _progress(console) as progress:
-            bar = progress.add_task("predict", total=total, rate=0.0, failed=0)
+        with OutcomeWriter(sink, failures, max_failures=max_failures, total=total, console=console) as writer:
             while True:
-                while stopped is None and len(pending) < window and (item := next(items, None)) is not None:
+                while writer.stopped is None and len(pending) < window and (item := next(items, None)) is not None:
                     pending.add(executor.submit(work, item))
                 if not pending:
                     break
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    outcome = future.result()  # predict_image returns failures, it does not raise them
-                    if isinstance(outcome, Failure):
-                        failures.append(outcome)
-                    elif sink.append(outcome):
-                        predicted += 1
-                    processed += 1
-                elapsed = time.perf_counter() - started
-                progress.update(bar, advance=len(done), rate=processed / elapsed, failed=failures.count)
-                if stopped is None and failures.count > max_failures:
-                    stopped = _stop_reason(failures, max_failures)
+                writer.write(future.result() for future in done)  # predict_image returns failures, never raises
     finally:
         executor.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: queued items dropped, none written
-    return StreamCounts(predicted=predicted, processed=processed, stopped=stopped,
-                        wall_s=time.perf_counter() - started)
+    return writer.counts()
 
 
 def _stop_reason(failures: FailureLog, max_failures: int) -> str:

@@ -31,7 +31,8 @@ class PredictSummary:
     not_attempted: int = 0
     labels: Counter[str] = field(default_factory=Counter)  # every row in the output, by answer
     stopped: str | None = None  # why the run stopped early
-    wall_s: float = 0.0  # the streaming part (model loading not included)
+    wall_s: float = 0.0  # the streaming part (one machine: model loading not included; Ray: the actors' is)
+    first_s: float = 0.0  # seconds until the first image came back (on Ray: the pool's start-up)
 
     @property
     def n_failed(self) -> int:

@@ -1,4 +1,4 @@
-"""P13: LoRA fine-tuning vs prompt optimization on the trained micro-VLM, same task, same splits.
+"""P15: LoRA fine-tuning vs prompt optimization on the trained micro-VLM, same task, same splits.
 
 The offline demo's task (which row holds the shape; 20 images per class: train 12, val 24, test
 24) starts from the vague instruction "Describe the image.", under which the micro-VLM answers the
@@ -12,7 +12,7 @@ row or the column about half-half. Side by side, in one run:
 
 Prints test accuracy, model calls, wall and trainable parameters per row, as JSON.
 
-    python bench/p13_finetune_micro_vlm.py [--epochs 8 --lr 5e-3] [--workdir /tmp/p13]
+    python bench/p15_finetune_micro_vlm.py [--epochs 8 --lr 5e-3] [--workdir /tmp/p15]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="p13-"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="p15-"))
     rows = {}
 
     started = time.monotonic()
@@ -54,8 +54,8 @@ def main() -> None:
         "test_accuracy": tuned.metrics["accuracy"],
         "model_calls": tuned.metrics["model_calls"],
         "wall_s": tuned.metrics["wall_s"],
-        "trainable_parameters": tuned.metrics["parameters"]["trainable"],
-        "total_parameters": tuned.metrics["parameters"]["total"],
+        "trainable_parameters": tuned.metrics["parameters_detail"]["trainable"],
+        "total_parameters": tuned.metrics["parameters"],
         "steps": tuned.training["global_step"],
         "best_val_loss": tuned.training["best_val_loss"],
     }
