@@ -8,7 +8,7 @@ state, metrics and provenance stay open mappings: their shapes belong to DSPy an
 Example::
 
     artifact = Artifact.model_validate_json(path.read_text())
-    artifact.task.labels, artifact.model.id, artifact.decision and artifact.decision.weights
+    artifact.task.labels, artifact.model.id, artifact.decision and artifact.decision.weights, artifact.adapter
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from vlmopt.config import OutputKind
 
 FORMAT = "vlmopt.artifact"
 FORMAT_VERSION = 3  # written when the ``decision`` abstains or has an "other" label; 2 calibrated only; 1 none
+ADAPTER_FORMAT_VERSION = 3  # written when the program runs on a LoRA ``adapter``: older readers refuse it
 READABLE_VERSIONS = (1, 2, 3)  # each is written only when needed, so older readers still load what they can
 
 
@@ -98,6 +99,23 @@ class DecisionSection(_Section):
     other_label: str | None = None
 
 
+class AdapterSection(_Section):
+    """A LoRA adapter (format 3) the program runs on, applied on the base model of ``model``.
+
+    ``path`` is the adapter directory (peft ``save_pretrained``) relative to the artifact file; the
+    hashes pin its two files, so a changed adapter is refused on load like a changed artifact.
+    ``name`` is what vLLM serves it as (``--lora-modules name=path``).
+    """
+
+    kind: Literal["lora"]
+    path: str
+    name: str
+    sha256: str  # adapter_model.safetensors
+    config_sha256: str  # adapter_config.json (rank, alpha, target modules)
+    base_fingerprint: str  # the base weights trained on: hub commit or local directory hash
+    rank: int
+
+
 class Artifact(_Section):
     """The whole file; ``sha256`` is over the canonical JSON of everything else."""
 
@@ -110,6 +128,7 @@ class Artifact(_Section):
     program: dict[str, Any]
     prompt: PromptSection
     decision: DecisionSection | None = None  # format 1: absent or null (the plain argmax)
+    adapter: AdapterSection | None = None  # formats 1-2: absent (the base weights)
     metrics: dict[str, Any]
     provenance: dict[str, Any]
     sha256: str

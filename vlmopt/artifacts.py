@@ -13,6 +13,8 @@ An artifact holds everything needed to reproduce the optimized classifier and to
   calibrated decision ReAnchor fitted on val, per-label weights applied as
   ``argmax_k weights[k] * P(k)`` (format 2); the abstention threshold chosen on val and the
   task's "none of these" label (format 3, written only when the artifact has one of them);
+* ``adapter`` — only in a fine-tuned program's file (format 3, ``vlmopt finetune``): the LoRA
+  adapter directory beside it and the sha256 of its files, checked on every load;
 * ``metrics`` — val and test metrics with split sizes; ``provenance`` — versions, config and
   split fingerprints, optimizer settings, seed;
 * ``sha256`` — over the canonical JSON of all of the above.
@@ -41,7 +43,7 @@ import dspy
 import pydantic
 
 from vlmopt._dspy_compat import structured_outputs_model
-from vlmopt.artifact_schema import FORMAT, FORMAT_VERSION, READABLE_VERSIONS, Artifact
+from vlmopt.artifact_schema import ADAPTER_FORMAT_VERSION, FORMAT, FORMAT_VERSION, READABLE_VERSIONS, Artifact
 from vlmopt.config import TaskConfig, TaskSpec
 from vlmopt.datasets.images import JPEG_QUALITY, serialized_image_url
 from vlmopt.errors import VlmoptError
@@ -49,6 +51,8 @@ from vlmopt.programs import Classify, create_program
 from vlmopt.programs.signatures import make_signature
 
 IMAGE_SLOT = "{image}"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's save_pretrained names
+ADAPTER_CONFIG = "adapter_config.json"
 _SLOT_URL = "data:image/png;base64,aW1hZ2Utc2xvdA=="  # a marker, replaced by IMAGE_SLOT
 
 
@@ -63,6 +67,7 @@ class FrozenProgram:
     program: Classify
     task: TaskSpec
     artifact: Artifact
+    adapter_dir: Path | None = None  # the verified LoRA adapter the program runs on (format 3)
 
     @property
     def labels(self) -> list[str] | None:
@@ -89,6 +94,48 @@ def check_backend(frozen: FrozenProgram, cfg: TaskConfig) -> None:
             f"this artifact's label decision is {' and '.join(what)}: it decides on the label "
             f"probabilities the backend measures, so set {' and '.join(missing)} in the config"
         )
+
+
+def config_for_artifact(cfg: TaskConfig, frozen: FrozenProgram) -> TaskConfig:
+    """``cfg`` set to run ``frozen`` on its LoRA adapter, if it has one (else ``cfg`` itself).
+
+    In-process the engine merges the adapter (``model.adapter``); a server serves it under the
+    adapter's name (``vlmopt serve MODEL --lora ARTIFACT``), unless the config names the model to ask.
+    """
+    if frozen.adapter_dir is None:
+        return cfg
+    if cfg.backend.kind == "openai":
+        if cfg.backend.served_model_name is not None:
+            return cfg
+        backend = cfg.backend.model_copy(update={"served_model_name": frozen.artifact.adapter.name})
+        return cfg.model_copy(update={"backend": backend})
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"adapter": str(frozen.adapter_dir)})})
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in blocks (adapter weights can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verified_adapter_dir(path: Path, artifact: Artifact) -> Path | None:
+    """The artifact's adapter directory, its files checked against the artifact's hashes."""
+    if artifact.adapter is None:
+        return None
+    adapter = artifact.adapter
+    directory = (path.parent / adapter.path).resolve()
+    for name, expected in ((ADAPTER_WEIGHTS, adapter.sha256), (ADAPTER_CONFIG, adapter.config_sha256)):
+        file = directory / name
+        if not file.is_file():
+            raise ArtifactError(f"{path}: its LoRA adapter file {file} is missing; keep the adapter directory "
+                                "beside the artifact (copy both together)")
+        if file_sha256(file) != expected:
+            raise ArtifactError(f"{path}: sha256 mismatch for the LoRA adapter file {file} — it was modified after "
+                                "the artifact was written; restore it or rerun vlmopt finetune")
+    return directory
 
 
 def canonical_sha256(content: dict[str, Any]) -> str:
@@ -158,12 +205,13 @@ def build_artifact(
     *,
     metrics: dict[str, Any],
     provenance: dict[str, Any],
+    adapter: dict[str, Any] | None = None,
 ) -> Artifact:
-    """The artifact (hash included) for an optimized program."""
+    """The artifact (hash included) for an optimized program (``adapter``: a fine-tuned one's LoRA section)."""
     decision = decision_section(program, cfg.task)
     content = {
         "format": FORMAT,
-        "format_version": format_version(decision),
+        "format_version": max(format_version(decision), ADAPTER_FORMAT_VERSION if adapter else 1),
         "task": task_section(cfg.task, labels),
         "model": {"id": cfg.model.id, "revision": cfg.model.revision},
         "generation": {
@@ -188,6 +236,7 @@ def build_artifact(
         "decision": decision,
         "metrics": metrics,
         "provenance": provenance,
+        **({"adapter": adapter} if adapter else {}),  # absent from other files, which hash as before
     }
     # hashed as written: the typed model's JSON (pydantic may normalise, e.g. an int weight to a float)
     typed = Artifact.model_validate({**content, "sha256": ""}).content()
@@ -246,6 +295,7 @@ def _restore_images(state: dict[str, Any]) -> dict[str, Any]:
 def load_artifact(path: str | Path, *, expected_labels: list[str] | None = None) -> FrozenProgram:
     """Verify and load an artifact into a runnable program; never returns a half-loaded one."""
     artifact = read_verified(path)
+    adapter_dir = verified_adapter_dir(Path(path), artifact)
     gen = artifact.generation
     labels = artifact.task.labels
     if expected_labels is not None and labels is not None and list(expected_labels) != list(labels):
@@ -278,4 +328,4 @@ def load_artifact(path: str | Path, *, expected_labels: list[str] | None = None)
     for demo_list in (p.demos for p in program.predictors()):
         for i, demo in enumerate(demo_list):
             demo_list[i] = dspy.Example(**{**demo, "image": dspy.Image(demo["image"])}).with_inputs("image")
-    return FrozenProgram(program=program, task=task, artifact=artifact)
+    return FrozenProgram(program=program, task=task, artifact=artifact, adapter_dir=adapter_dir)

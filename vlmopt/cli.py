@@ -320,7 +320,7 @@ def predict(
     except FailureLimitError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--max-failures'") from None
 
-    from vlmopt.artifacts import check_backend, load_artifact
+    from vlmopt.artifacts import check_backend, config_for_artifact, load_artifact
     from vlmopt.config import DatasetConfig, ModelConfig
     from vlmopt.predict import predict_to_file, summary_table
     from vlmopt.predict.inputs import check_inputs
@@ -341,7 +341,7 @@ def predict(
                             max_new_tokens=frozen.artifact.generation.max_new_tokens)
         dataset = DatasetConfig(source="-", max_image_side=artifact_max_side(frozen))
         cfg = TaskConfig(model=model, dataset=dataset, task=frozen.task)
-    cfg = _with_backend(cfg, None, base_url)
+    cfg = config_for_artifact(_with_backend(cfg, None, base_url), frozen)
     check_backend(frozen, cfg)
     common = {"failures_path": failures, "max_side": cfg.dataset.max_image_side,
               "max_pixels": cfg.dataset.max_image_pixels, "num_threads": num_threads, "max_failures": limit,
@@ -458,6 +458,10 @@ def serve(
     max_images: Annotated[int, typer.Option(min=1, help="Images per prompt: few-shot demos plus the query.")] = 9,
     python: Annotated[str | None, typer.Option(help="Interpreter with vLLM (default: .venv-vllm or this one).")] = None,
     startup_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds to wait for /health.")] = 900.0,
+    lora: Annotated[Path | None, typer.Option(
+        help="A fine-tuned artifact.json (vlmopt finetune): serve its verified LoRA adapter too (--enable-lora), "
+        "under the adapter's name, which evaluate / predict --artifact then ask for.",
+    )] = None,
 ) -> None:
     """Start a vLLM OpenAI-compatible server for a VLM classifier; print its base URL; Ctrl-C or SIGTERM stops it.
 
@@ -470,18 +474,27 @@ def serve(
     from vlmopt.serving.vllm_server import VLLMServer, default_max_model_len
 
     check_model_path(model)
+    lora_args, served = [], ""
+    if lora is not None:
+        from vlmopt.alternatives.lora_serving import lora_server_args
+
+        lora_args, served = lora_server_args(lora)
     signal.signal(signal.SIGTERM, _interrupt)  # a supervisor's stop: leave the `with` block as on Ctrl-C
     server = VLLMServer(
         model, python=python, host=host, port=port,
         max_model_len=max_model_len if max_model_len is not None else default_max_model_len(model),
         limit_mm_per_prompt={"image": max_images}, enable_prefix_caching=True, compact_json=True,
-        startup_timeout=startup_timeout,
+        startup_timeout=startup_timeout, extra_args=lora_args,
     )
     console.print(f"starting vLLM for [bold]{model}[/] (waiting for /health) ...")
     try:
         with server:
             console.print(f"ready: base URL [bold]{server.base_url}[/]  (Ctrl-C to stop)")
-            console.print(f"use it: vlmopt evaluate CONFIG --base-url {server.base_url}")
+            if served:
+                console.print(f"LoRA adapter served as [bold]{served}[/]: vlmopt evaluate CONFIG --base-url "
+                              f"{server.base_url} --artifact {lora}")
+            else:
+                console.print(f"use it: vlmopt evaluate CONFIG --base-url {server.base_url}")
             server.wait()
     except KeyboardInterrupt:
         pass  # leaving the `with` block stopped the server's whole process group
@@ -490,6 +503,61 @@ def serve(
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+@app.command()
+@user_errors
+def finetune(
+    config: ConfigArg,
+    prompt: Annotated[str, typer.Option(
+        help="The prompt the model is trained to answer under: 'baseline' (the config's) or an artifact.json "
+        "from optimize (its instruction and demos).",
+    )] = "baseline",
+    train_and_val: Annotated[bool, typer.Option(
+        "--train-and-val", help="Train on train + val for the final model (fixed epochs, no early stopping); "
+        "default: train on train, early-stop on the val loss.",
+    )] = False,
+    epochs: Annotated[float, typer.Option(min=0.01, help="Passes over the training split.")] = 3.0,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps in all (overrides --epochs).")] = None,
+    lr: Annotated[float, typer.Option(min=0.0, help="Learning rate of the LoRA weights.")] = 2e-4,
+    rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 8,
+    alpha: Annotated[int, typer.Option(min=1, help="LoRA alpha (the update is scaled by alpha / rank).")] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 4,
+    save_steps: Annotated[int | None, typer.Option(
+        min=1, help="Checkpoint (and val loss) every N steps (default: once per epoch).",
+    )] = None,
+    patience: Annotated[int, typer.Option(min=1, help="Val evaluations without improvement before stopping.")] = 2,
+    target_modules: Annotated[str | None, typer.Option(
+        help="Regex over module names to put LoRA on (default: the language model's attention and MLP projections).",
+    )] = None,
+) -> None:
+    """Fine-tune the VLM with LoRA under the held-out protocol; write the adapter, its artifact and test metrics.
+
+    Killed mid-training? Rerun the same command: it resumes from the last checkpoint. The artifact
+    works with evaluate --artifact and predict (in-process: the adapter is merged into the weights),
+    and `vlmopt serve MODEL --lora ARTIFACT` serves it with vLLM.
+    """
+    from dataclasses import replace
+
+    from vlmopt.alternatives.finetune import FinetuneSettings, finetune_task
+    from vlmopt.reports.metrics_table import summary_table
+
+    cfg = _load(config)
+    settings = replace(FinetuneSettings(), epochs=epochs, max_steps=max_steps, lr=lr, rank=rank, alpha=alpha,
+                       batch_size=batch_size, save_steps=save_steps, patience=patience, train_and_val=train_and_val)
+    if target_modules:
+        settings = replace(settings, target_modules=target_modules)
+    outcome = finetune_task(cfg, prompt=prompt, settings=settings, console=console)
+    console.print(summary_table(outcome.metrics, title="Fine-tuned (LoRA) on test"))
+    for note in outcome.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    training = outcome.training
+    resumed = f", resumed from step {training['resumed_from_step']}" if training["resumed_from_step"] else ""
+    console.print(f"trained {training['global_step']} steps ({training['epoch']:.1f} epochs{resumed}); "
+                  f"{outcome.metrics['parameters_detail']['trainable']:,} trainable parameters; checkpoints: "
+                  f"{training['checkpoints']}")
+    console.print(f"adapter: [bold]{outcome.adapter_dir}[/]\nartifact: [bold]{outcome.artifact}[/]\n"
+                  f"run directory: [bold]{outcome.run.path}[/]")
 
 
 @app.command()

@@ -44,6 +44,10 @@ class ModelConfig(_Section):
 
     id: str = Field("LiquidAI/LFM2-VL-450M", description="Hub id or a local model directory.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    adapter: str | None = Field(
+        None, description="In-process: a LoRA adapter directory (peft save_pretrained, from vlmopt finetune) "
+        "merged into the model's weights; a fine-tuned artifact sets it.",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     max_new_tokens: int = Field(64, ge=1, description="Upper bound on generated tokens per answer.")

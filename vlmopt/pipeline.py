@@ -19,7 +19,7 @@ from typing import Any, Literal
 import dspy
 from rich.console import Console
 
-from vlmopt.artifacts import check_backend, load_artifact, read_verified, save_artifact
+from vlmopt.artifacts import check_backend, config_for_artifact, load_artifact, read_verified, save_artifact
 from vlmopt.config import TaskConfig
 from vlmopt.datasets import LoadedSplits, load_splits
 from vlmopt.evaluate import EvalOutcome, SplitInfo, evaluate_program
@@ -72,6 +72,8 @@ def evaluate_task(
 ) -> tuple[RunDir, EvalOutcome]:
     """Evaluate the config's own prompt — or a frozen ``artifact`` — on a split; write a run directory."""
     started = time.perf_counter()
+    if artifact is not None and lm is None:  # a fine-tuned artifact runs on its LoRA adapter
+        cfg = config_for_artifact(cfg, load_artifact(artifact))
     run, splits, lm, calls_before = _start_run(cfg, lm)
     examples = splits.all if split == "all" else getattr(splits, split)
     examples = examples[:limit] if limit else examples
@@ -96,7 +98,7 @@ def evaluate_task(
     )
     outcome.model_calls = _calls_since(lm, calls_before)
     outcome.metrics.update(_cost("prompt", outcome.model_calls, started))
-    _finish_run(run, outcome.metrics)
+    finish_run(run, outcome.metrics)
     return run, outcome
 
 
@@ -105,7 +107,7 @@ def _cost(method: str, model_calls: int | None, started: float) -> dict[str, Any
     return {"method": method, "model_calls": model_calls, "wall_s": time.perf_counter() - started}
 
 
-def _finish_run(run: RunDir, metrics: dict[str, Any]) -> None:
+def finish_run(run: RunDir, metrics: dict[str, Any]) -> None:
     """Last files of every run: ``metrics.json``, the confusion-matrix plot and ``report.html``."""
     run.write_json(METRICS, metrics)
     if "confusion" in metrics:
@@ -258,7 +260,7 @@ def optimize_task(
     run.write_json("prompt.json", {**frozen["prompt"], **decision})
     calls = _calls_since(lm, calls_before)
     optimized["test"].metrics.update(_cost("prompt-optimized", calls, started))
-    _finish_run(run, optimized["test"].metrics)
+    finish_run(run, optimized["test"].metrics)
     outcome = OptimizeOutcome(run, baseline, optimized, winner.history, artifact, calls, winner.notes, comparisons,
                               argmax, winner.method, method_runs)
     if cfg.run.mlflow_tracking_uri:

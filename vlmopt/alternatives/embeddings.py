@@ -22,8 +22,8 @@ from pathlib import Path
 import dspy
 import numpy as np
 from rich.console import Console
-from safetensors.numpy import load_file, save_file
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.numpy import load_file, save_file
 
 from vlmopt.datasets.images import dspy_image_to_pil
 

@@ -31,14 +31,13 @@ from pathlib import Path
 
 import dspy
 import torch
-from dspy.lm15 import request_from_openai_chat
 from transformers import AutoModelForImageTextToText, AutoProcessor, get_cosine_schedule_with_warmup
 
 from vlmopt.config import TaskSpec
 from vlmopt.demo import shapes_task
 from vlmopt.demo.micro_vlm_eval import evaluate_micro_vlm, write_model_card
 from vlmopt.programs import CompactAdapter, make_signature
-from vlmopt.serving.chat_inputs import chat_input_from_request, encode_prompts, render_chat_template
+from vlmopt.serving.chat_inputs import encode_prompts, render_program_prompt
 
 ASSET_DIR = Path(__file__).parent / "assets" / "micro_vlm"
 TEMPLATE_WORDS = "System: User: Assistant:"
@@ -114,11 +113,9 @@ def render_samples(rng: random.Random, processor, recipe: Recipe, n_demos: int =
     image, answers = shapes_task.draw_scene(rng)
     # Without demos nothing in the prompt shows the free-text form, so those prompts get JSON answers only.
     adapter = CompactAdapter(structured=not demos or rng.random() >= recipe.p_free_text)
-    messages = adapter.format(signature, demos, {"image": dspy.Image(image)})
-    chat = chat_input_from_request(request_from_openai_chat({"model": "micro-vlm", "messages": messages}))
-    prompt = render_chat_template(processor, chat)
+    prompt, images = render_program_prompt(processor, adapter, signature, demos, dspy.Image(image))
     attributes = shapes_task.ATTRIBUTES if vague and not demos else (attribute,)
-    return [Sample(prompt, chat.images, adapter.format_assistant_message_content(signature, {"label": answers[a]}))
+    return [Sample(prompt, images, adapter.format_assistant_message_content(signature, {"label": answers[a]}))
             for a in attributes]
 
 

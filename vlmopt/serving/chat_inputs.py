@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dspy.lm15 import DataPart, ImagePart, Request, TextPart
+from dspy.lm15 import DataPart, ImagePart, Request, TextPart, request_from_openai_chat
 from PIL import Image
 from transformers import BatchFeature
 
@@ -96,6 +96,16 @@ def _b64(data: str) -> bytes:
         raise ValueError(f"image data is not valid base64 ({exc})") from exc
 
 
+def chat_input_from_messages(messages: list[dict]) -> ChatInput:
+    """A DSPy adapter's ``format`` output (OpenAI-form messages) as an engine receives it.
+
+    The messages go through DSPy's own request conversion, as ``dspy.LM`` sends them to an engine,
+    then :func:`chat_input_from_request`: what trains a model (``micro_vlm``, ``alternatives.finetune``)
+    sees the prompt the program sends, byte for byte.
+    """
+    return chat_input_from_request(request_from_openai_chat({"model": "local", "messages": messages}))
+
+
 def render_chat_template(processor, chat: ChatInput, **template_kwargs) -> str:
     """The model's own chat template applied, ending with the assistant turn's opening.
 
@@ -119,4 +129,15 @@ def encode_prompts(processor, prompts: list[str], images: list[list[Image.Image]
     return BatchFeature(dict(processor.tokenizer(prompts, add_special_tokens=False, return_tensors="pt", **kwargs)))
 
 
-__all__ = ["ChatInput", "chat_input_from_request", "decode_image", "encode_prompts", "render_chat_template"]
+def render_program_prompt(processor, adapter, signature, demos: list, image, **template_kwargs) -> tuple[str, list]:
+    """(prompt text, its images): what an engine runs when a program asks about ``image``.
+
+    ``adapter.format`` (the program's DSPy adapter: instruction, demos, the query image), DSPy's
+    request conversion, then the model's chat template: the one path training shares with serving.
+    """
+    chat = chat_input_from_messages(adapter.format(signature, demos, {"image": image}))
+    return render_chat_template(processor, chat, **template_kwargs), chat.images
+
+
+__all__ = ["ChatInput", "chat_input_from_messages", "chat_input_from_request", "decode_image", "encode_prompts",
+           "render_chat_template", "render_program_prompt"]

@@ -76,6 +76,7 @@ def create_lm(cfg: TaskConfig) -> dspy.LM:
         prefix_cache_mb=cfg.backend.prefix_cache_mb,
         seed=cfg.seed,
         structured=cfg.task.structured_generation,
+        adapter=cfg.model.adapter,
     )
 
 

@@ -126,11 +126,42 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return resolved
 
 
-def load_model(source: ModelSource, *, dtype: str | torch.dtype = "auto", device: str = "auto"):
+class AdapterLoadError(VlmoptError, RuntimeError):
+    """A LoRA adapter cannot be applied: peft is missing, or the directory is not an adapter for this model."""
+
+
+def locate_adapter(adapter: str | Path) -> ModelSource:
+    """A LoRA adapter directory (peft ``save_pretrained``) with the hash of its files."""
+    path = Path(adapter).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise AdapterLoadError(f"{adapter!r} is not a LoRA adapter directory (no adapter_config.json): set "
+                               "model.adapter to the adapter folder vlmopt finetune wrote")
+    return ModelSource(str(adapter), path.resolve(), directory_fingerprint(path))
+
+
+def merge_lora(model, adapter: ModelSource):
+    """``model`` with the LoRA adapter merged into its weights (peft ``merge_and_unload``).
+
+    Merged, the engine runs a plain model: label scoring, prefix reuse and each family's position
+    handling need no adapter-aware path, and a forward costs what the base model's does.
+    """
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise AdapterLoadError("a LoRA adapter needs peft: pip install 'vlmopt[finetune]'") from None
+    try:
+        return PeftModel.from_pretrained(model, str(adapter.path)).merge_and_unload()
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise AdapterLoadError(f"cannot apply the LoRA adapter {adapter.name!r} to this model: {exc}") from exc
+
+
+def load_model(source: ModelSource, *, dtype: str | torch.dtype = "auto", device: str = "auto",
+               adapter: ModelSource | None = None):
     """``(model, processor, device, family)``: any ``AutoModelForImageTextToText`` with its ``AutoProcessor``.
 
     The family (``families``) is read from the config first, so that a missing extra package or
-    chat template is one clear error before the processor or the weights load.
+    chat template is one clear error before the processor or the weights load. ``adapter``: a LoRA
+    adapter (``locate_adapter``) merged into the weights.
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
@@ -146,4 +177,6 @@ def load_model(source: ModelSource, *, dtype: str | torch.dtype = "auto", device
             )
         processor.chat_template = family.default_chat_template
     model = AutoModelForImageTextToText.from_pretrained(source.path, dtype=resolve_dtype(dtype, target))
+    if adapter is not None:
+        model = merge_lora(model, adapter)
     return model.to(target).eval(), processor, target, family

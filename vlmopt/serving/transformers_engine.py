@@ -64,7 +64,7 @@ from vlmopt.serving.chat_inputs import ChatInput, chat_input_from_request, encod
 from vlmopt.serving.families import GENERIC, scoring_inputs
 from vlmopt.serving.generic_check import check_generic_scoring
 from vlmopt.serving.grammar import GrammarCompiler, GrammarLogitsProcessor
-from vlmopt.serving.model_loading import load_model, locate_model
+from vlmopt.serving.model_loading import load_model, locate_adapter, locate_model
 from vlmopt.serving.prefix_cache import DEFAULT_BUDGET_MB, PrefixCache, PromptSplit, special_token_strings, split_prompt
 from vlmopt.serving.prefix_runs import PrefixPlanner, prefill_on_prefix
 from vlmopt.serving.sampling import RowSampler, sampling_warpers
@@ -144,13 +144,15 @@ class TransformersEngine:
 
     def __init__(self, model: str, *, revision: str | None = None, dtype: str = "auto", device: str = "auto",
                  max_new_tokens: int = 256, max_batch_size: int = 8, max_wait_ms: float = 10.0, seed: int = 0,
-                 structured: bool = True, prefix_cache_mb: int = DEFAULT_BUDGET_MB):
+                 structured: bool = True, prefix_cache_mb: int = DEFAULT_BUDGET_MB, adapter: str | None = None):
         self.settings = {"model": model, "revision": revision, "dtype": dtype, "device": device,
                          "max_new_tokens": max_new_tokens, "max_batch_size": max_batch_size,
                          "max_wait_ms": max_wait_ms, "seed": seed, "structured": structured,
-                         "prefix_cache_mb": prefix_cache_mb}
+                         "prefix_cache_mb": prefix_cache_mb, "adapter": adapter}
         self.source = locate_model(model, revision)
-        self.model, self.processor, self.device, self.family = load_model(self.source, dtype=dtype, device=device)
+        self.adapter = locate_adapter(adapter) if adapter is not None else None
+        self.model, self.processor, self.device, self.family = load_model(self.source, dtype=dtype, device=device,
+                                                                          adapter=self.adapter)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"  # batched generation appends on the right
         generation = self.model.generation_config
@@ -188,9 +190,10 @@ class TransformersEngine:
 
     @property
     def model_string(self) -> str:
-        """The DSPy model name: exact weights, dtype and device, since DSPy's cache keys on it."""
+        """The DSPy model name: exact weights (a LoRA adapter's too), dtype and device: DSPy's cache keys on it."""
         dtype = str(self.model.dtype).removeprefix("torch.")
-        return f"transformers/{self.source.name}@{self.source.fingerprint}:{dtype}:{self.device.type}"
+        lora = f"+lora@{self.adapter.fingerprint}" if self.adapter is not None else ""
+        return f"transformers/{self.source.name}@{self.source.fingerprint}{lora}:{dtype}:{self.device.type}"
 
     def complete(self, request: Request) -> Response:
         validate_request(request)
@@ -470,16 +473,17 @@ def _choose(labels: tuple[str, ...], scores: list[float], temperature: float, se
 
 def create_lm(model: str, *, revision: str | None = None, dtype: str = "auto", device: str = "auto",
               max_new_tokens: int = 256, max_batch_size: int = 8, max_wait_ms: float = 10.0, seed: int = 0,
-              structured: bool = True, prefix_cache_mb: int = DEFAULT_BUDGET_MB, cache: bool = True,
-              **lm_kwargs) -> dspy.LM:
+              structured: bool = True, prefix_cache_mb: int = DEFAULT_BUDGET_MB, adapter: str | None = None,
+              cache: bool = True, **lm_kwargs) -> dspy.LM:
     """A ``dspy.LM`` served in-process by a :class:`TransformersEngine` (greedy, log-probs on).
 
     ``structured=False`` hides the schema from DSPy (free-text answers, parsed by the adapter);
-    ``prefix_cache_mb=0`` turns shared-prefix reuse off (the same answers, each prompt run whole).
+    ``prefix_cache_mb=0`` turns shared-prefix reuse off (the same answers, each prompt run whole);
+    ``adapter``: a LoRA adapter directory merged into the weights (``vlmopt finetune``'s).
     Generation settings go into the LM's request config, so DSPy's cache keys on them too.
     """
     engine = TransformersEngine(model, revision=revision, dtype=dtype, device=device, max_new_tokens=max_new_tokens,
                                 max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, seed=seed,
-                                structured=structured, prefix_cache_mb=prefix_cache_mb)
+                                structured=structured, prefix_cache_mb=prefix_cache_mb, adapter=adapter)
     settings = {"temperature": 0.0, "max_tokens": max_new_tokens, "seed": seed, "logprobs": True, **lm_kwargs}
     return dspy.LM(engine.model_string, engine=engine, cache=cache, **settings)
