@@ -22,36 +22,60 @@ review_app = typer.Typer(
 console = Console()
 
 
-
 @review_app.command("export")
 @user_errors
 def review_export(
-    source: Annotated[Path, typer.Argument(
-        help="A run directory (runs/<name>-<timestamp>/) or a `vlmopt predict` output (.jsonl, .csv, .parquet).",
-        show_default=False,
-    )],
-    output: Annotated[Path, typer.Option(
-        "--output", "-o", help="The Label Studio import (JSON list of tasks); the labeling config goes beside it "
-        "as <stem>.labeling.xml.",
-    )] = Path("review_tasks.json"),
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A run directory (runs/<name>-<timestamp>/) or a `vlmopt predict` output (.jsonl, .csv, .parquet).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="The Label Studio import (JSON list of tasks); the labeling config goes beside it "
+            "as <stem>.labeling.xml.",
+        ),
+    ] = Path("review_tasks.json"),
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many tasks (the least confident).")] = None,
-    select: Annotated[str, typer.Option(
-        help="Why a row is worth a review, comma-separated: abstained (the threshold declined it), low_confidence "
-        "(below --max-confidence), invalid (no answer in the class set), disagree (differs from gold, in a run).",
-    )] = ",".join(SELECTORS),
-    max_confidence: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="low_confidence: the answer's measured probability is below this.",
-    )] = DEFAULT_MAX_CONFIDENCE,
-    artifact: Annotated[Path | None, typer.Option(
-        help="The artifact that made the rows: its task's labels (required for a predict output).",
-    )] = None,
-    image_root: Annotated[Path | None, typer.Option(
-        help="Where relative image paths start: the folder predict ran in (default: the current folder).",
-    )] = None,
-    local_files_root: Annotated[Path | None, typer.Option(
-        help="Point the tasks at Label Studio's local file serving (/data/local-files/?d=...) under this folder, "
-        "its LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, instead of inlining each image as a data URI.",
-    )] = None,
+    select: Annotated[
+        str,
+        typer.Option(
+            help="Why a row is worth a review, comma-separated: abstained (the threshold declined it), low_confidence "
+            "(below --max-confidence), invalid (no answer in the class set), disagree (differs from gold, in a run).",
+        ),
+    ] = ",".join(SELECTORS),
+    max_confidence: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="low_confidence: the answer's measured probability is below this.",
+        ),
+    ] = DEFAULT_MAX_CONFIDENCE,
+    artifact: Annotated[
+        Path | None,
+        typer.Option(
+            help="The artifact that made the rows: its task's labels (required for a predict output).",
+        ),
+    ] = None,
+    image_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where relative image paths start: the folder predict ran in (default: the current folder).",
+        ),
+    ] = None,
+    local_files_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="Point the tasks at Label Studio's local file serving (/data/local-files/?d=...) under this folder, "
+            "its LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, instead of inlining each image as a data URI.",
+        ),
+    ] = None,
 ) -> None:
     """Write a Label Studio import of the rows worth a person's time, least confident first, pre-annotated.
 
@@ -65,8 +89,15 @@ def review_export(
     check_output_file(output)
     selectors = tuple(name.strip() for name in select.split(",") if name.strip())
     review_source = read_source(source, artifact=artifact, image_root=image_root)
-    result = export_for_review(review_source, output, selectors=selectors, max_confidence=max_confidence,
-                               limit=limit, local_files_root=local_files_root, console=console)
+    result = export_for_review(
+        review_source,
+        output,
+        selectors=selectors,
+        max_confidence=max_confidence,
+        limit=limit,
+        local_files_root=local_files_root,
+        console=console,
+    )
     console.print(result.summary(), highlight=False, markup=False, soft_wrap=True)
     hint = result.local_files_hint()
     if hint:
@@ -76,16 +107,26 @@ def review_export(
 @review_app.command("import")
 @user_errors
 def review_import(
-    export: Annotated[Path, typer.Argument(
-        help="Label Studio's JSON export of the review project (Export > JSON).", show_default=False,
-    )],
-    into: Annotated[Path, typer.Option(
-        help="The manifest to merge into (.csv, .jsonl or .parquet with id, image, label; created if absent).",
-        show_default=False,
-    )],
-    config: Annotated[Path | None, typer.Option(
-        help="Task config whose labels the answers must be in (default: the class set the export recorded).",
-    )] = None,
+    export: Annotated[
+        Path,
+        typer.Argument(
+            help="Label Studio's JSON export of the review project (Export > JSON).",
+            show_default=False,
+        ),
+    ],
+    into: Annotated[
+        Path,
+        typer.Option(
+            help="The manifest to merge into (.csv, .jsonl or .parquet with id, image, label; created if absent).",
+            show_default=False,
+        ),
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Task config whose labels the answers must be in (default: the class set the export recorded).",
+        ),
+    ] = None,
 ) -> None:
     """Merge the labels a person gave in Label Studio into a manifest, by id (a person's label wins).
 

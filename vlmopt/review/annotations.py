@@ -67,8 +67,10 @@ def load_export(path: Path) -> list[dict[str, Any]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReviewError(f"{path} is not JSON ({exc}): export the project from Label Studio as JSON") from None
     if not isinstance(tasks, list) or not all(isinstance(task, dict) for task in tasks):
-        raise ReviewError(f"{path} is not a list of tasks: export the project from Label Studio as JSON "
-                          "(not JSON-MIN, CSV or a single task)")
+        raise ReviewError(
+            f"{path} is not a list of tasks: export the project from Label Studio as JSON "
+            "(not JSON-MIN, CSV or a single task)"
+        )
     return tasks
 
 
@@ -86,16 +88,20 @@ def read_export(path: Path, *, controls: dict[str, list[str]] | None = None) -> 
     tasks = load_export(path)
     controls = controls or recorded_controls(tasks)
     if not controls:
-        raise ReviewError(f"{path}: no task records the class set (meta.vlmopt.controls); give --config, the task "
-                          "config whose labels the review used")
+        raise ReviewError(
+            f"{path}: no task records the class set (meta.vlmopt.controls); give --config, the task "
+            "config whose labels the review used"
+        )
     found: dict[str, tuple[str, Reviewed]] = {}  # item id -> (annotation time, label): the latest wins
     read = ReadExport(controls, n_tasks=len(tasks))
     for number, task in enumerate(tasks, start=1):
         data = task.get("data")
         where = f"{path}: task {number} (Label Studio id {task.get('id')})"
         if not isinstance(data, dict) or not data.get(ITEM_ID):
-            raise ReviewError(f"{where} has no data.{ITEM_ID}: this export is not of tasks `vlmopt review export` "
-                              "wrote; export the project that holds them")
+            raise ReviewError(
+                f"{where} has no data.{ITEM_ID}: this export is not of tasks `vlmopt review export` "
+                "wrote; export the project that holds them"
+            )
         item_id = str(data[ITEM_ID])
         annotation = _chosen_annotation(task.get("annotations"), where)
         if annotation is None:
@@ -135,12 +141,12 @@ def _chosen_annotation(annotations: Any, where: str) -> dict[str, Any] | None:
     submitted = [a for a in annotations if not a.get("was_cancelled")]
     for annotation in submitted:
         if not isinstance(annotation.get("result"), list):
-            raise ReviewError(f"{where}: annotation {annotation.get('id')} has no 'result' list; export the "
-                              "project as JSON")
+            raise ReviewError(
+                f"{where}: annotation {annotation.get('id')} has no 'result' list; export the project as JSON"
+            )
     if not submitted:
         return None
-    return max(submitted, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at") or ""),
-                                         a.get("id") or 0))
+    return max(submitted, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at") or ""), a.get("id") or 0))
 
 
 def _answer(result: list[Any], controls: dict[str, list[str]]) -> tuple[dict[str, str], tuple[str, str] | None]:

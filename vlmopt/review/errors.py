@@ -12,4 +12,3 @@ class SdkMissing(ReviewError, ImportError):
 
     def __init__(self) -> None:
         super().__init__("vlmopt review needs label-studio-sdk: pip install 'vlmopt[review]'")
-

@@ -51,8 +51,10 @@ class ExportResult:
     def summary(self) -> str:
         rows = len(self.source.candidates)
         why = ", ".join(f"{n} {reason}" for reason, n in self.reasons.most_common())
-        line = (f"wrote {self.n_tasks} tasks to {self.tasks_path} (labeling config {self.config_path}) from "
-                f"{rows} rows of {self.source.path}" + (f": {why}" if why else ""))
+        line = (
+            f"wrote {self.n_tasks} tasks to {self.tasks_path} (labeling config {self.config_path}) from "
+            f"{rows} rows of {self.source.path}" + (f": {why}" if why else "")
+        )
         if self.skipped.count():
             line += f"; left out {self.skipped.describe()}"
         if rows and all(c.confidence is None for c in self.source.candidates):
@@ -65,9 +67,11 @@ class ExportResult:
         if not self.storage_folders:
             return None
         folders = ", ".join(str(p) for p in self.storage_folders)
-        return ("Label Studio serves these images when started with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true "
-                "and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<--local-files-root>, and the project has a Local "
-                f"files storage (Settings > Cloud Storage > Add Source Storage > Local files) with path {folders}")
+        return (
+            "Label Studio serves these images when started with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true "
+            "and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<--local-files-root>, and the project has a Local "
+            f"files storage (Settings > Cloud Storage > Add Source Storage > Local files) with path {folders}"
+        )
 
 
 def labeling_config_path(tasks_path: Path) -> Path:
@@ -108,8 +112,15 @@ def export_for_review(
             except BadImage as bad:
                 result.skipped.add("unreadable_image", f"{candidate.id}: {bad.reason}")
                 continue
-        tasks.append(build_task(selected, image_url=url, controls=source.controls,
-                                model_version=source.model_version, interface=interface))
+        tasks.append(
+            build_task(
+                selected,
+                image_url=url,
+                controls=source.controls,
+                model_version=source.model_version,
+                interface=interface,
+            )
+        )
         images.append(candidate.image)
         result.reasons.update(selected.reasons)
     result.n_tasks = len(tasks)

@@ -75,12 +75,15 @@ def labeling_config(controls: dict[str, list[str]]) -> str:
 
 def answer_result(answer: dict[str, str]) -> list[dict[str, Any]]:
     """Label Studio's ``result`` for an answer: one ``choices`` region per field."""
-    return [{"from_name": name, "to_name": IMAGE, "type": "choices", "value": {"choices": [value]}}
-            for name, value in answer.items()]
+    return [
+        {"from_name": name, "to_name": IMAGE, "type": "choices", "value": {"choices": [value]}}
+        for name, value in answer.items()
+    ]
 
 
-def build_task(selected: Selected, *, image_url: str, controls: dict[str, list[str]], model_version: str,
-               interface=None) -> dict[str, Any]:
+def build_task(
+    selected: Selected, *, image_url: str, controls: dict[str, list[str]], model_version: str, interface=None
+) -> dict[str, Any]:
     """One import task; its pre-annotation is validated against the labeling config (``interface``)."""
     c = selected.candidate
     task: dict[str, Any] = {
@@ -102,8 +105,10 @@ def build_task(selected: Selected, *, image_url: str, controls: dict[str, list[s
         if interface is not None:
             errors = interface.validate_prediction(prediction, return_errors=True)
             if errors:
-                raise ReviewError(f"row {c.id!r}: the model's answer {c.answer} does not fit the labeling config: "
-                                  f"{errors[0]} (was the row made by another task's artifact?)")
+                raise ReviewError(
+                    f"row {c.id!r}: the model's answer {c.answer} does not fit the labeling config: "
+                    f"{errors[0]} (was the row made by another task's artifact?)"
+                )
         task["predictions"].append(prediction)
     return task
 
@@ -121,11 +126,15 @@ def local_files_url(path: Path, root: Path) -> str:
     try:
         relative = path.resolve().relative_to(root)
     except ValueError:
-        raise ReviewError(f"image {path} is not under --local-files-root {root}; give a root that holds "
-                          "every image (Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)") from None
+        raise ReviewError(
+            f"image {path} is not under --local-files-root {root}; give a root that holds "
+            "every image (Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)"
+        ) from None
     if len(relative.parts) < 2:
-        raise ReviewError(f"image {path} lies directly in --local-files-root {root}: Label Studio serves files "
-                          "only from a storage folder under the root, not the root itself; give its parent folder")
+        raise ReviewError(
+            f"image {path} lies directly in --local-files-root {root}: Label Studio serves files "
+            "only from a storage folder under the root, not the root itself; give its parent folder"
+        )
     return LOCAL_FILES_PREFIX + quote(relative.as_posix())
 
 

@@ -75,8 +75,10 @@ def read_manifest(path: Path, fields: list[str]) -> list[dict[str, Any]]:
     if rows:
         missing = [c for c in (ID, IMAGE, *fields) if c not in rows[0]]
         if missing:
-            raise ReviewError(f"manifest {path} has no column {', '.join(missing)} (its columns: {sorted(rows[0])}); "
-                              f"a review manifest has {', '.join((ID, IMAGE, *fields))}; give another --into")
+            raise ReviewError(
+                f"manifest {path} has no column {', '.join(missing)} (its columns: {sorted(rows[0])}); "
+                f"a review manifest has {', '.join((ID, IMAGE, *fields))}; give another --into"
+            )
     seen: set[str] = set()
     for row in rows:
         row[ID] = str(row[ID])
@@ -89,8 +91,10 @@ def read_manifest(path: Path, fields: list[str]) -> list[dict[str, Any]]:
 def image_cell(image_path: str | None, manifest: Path, item_id: str) -> str:
     """The image path as the manifest stores it: relative to the manifest's folder if under it, else absolute."""
     if not image_path:
-        raise ReviewError(f"reviewed item {item_id!r} has no data.image_path in the export, so the manifest cannot "
-                          "say where its image is; export the tasks again with `vlmopt review export`")
+        raise ReviewError(
+            f"reviewed item {item_id!r} has no data.image_path in the export, so the manifest cannot "
+            "say where its image is; export the tasks again with `vlmopt review export`"
+        )
     path = Path(image_path).resolve()
     try:
         return path.relative_to(manifest.resolve().parent).as_posix()
@@ -151,11 +155,21 @@ def _append_log(labels: list[Reviewed], path: Path, export: str) -> None:
                 logged.add((entry["id"], entry.get("task_id"), entry.get("annotation_id")))
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     new = [
-        {"id": label.item_id, "answer": label.answer, "model_answer": label.model_answer,
-         "model_confidence": label.model_confidence, "changed": bool(label.changed_fields),
-         "changed_fields": label.changed_fields, "task_id": label.task_id, "annotation_id": label.annotation_id,
-         "annotator": label.annotator, "export": export, "imported_at": stamp}
-        for label in labels if (label.item_id, label.task_id, label.annotation_id) not in logged
+        {
+            "id": label.item_id,
+            "answer": label.answer,
+            "model_answer": label.model_answer,
+            "model_confidence": label.model_confidence,
+            "changed": bool(label.changed_fields),
+            "changed_fields": label.changed_fields,
+            "task_id": label.task_id,
+            "annotation_id": label.annotation_id,
+            "annotator": label.annotator,
+            "export": export,
+            "imported_at": stamp,
+        }
+        for label in labels
+        if (label.item_id, label.task_id, label.annotation_id) not in logged
     ]
     if new:
         with path.open("a", encoding="utf-8") as f:
@@ -172,10 +186,12 @@ class ImportResult:
 
     def summary(self) -> str:
         m = self.merge
-        line = (f"imported {len(self.read.labels)} of {self.read.n_tasks} tasks from {self.export} into {m.manifest} "
-                f"({m.total} rows: {len(m.added)} added, {len(m.updated)} relabelled, {len(m.unchanged)} already so); "
-                f"the person changed {len(m.changed)} of the model's answers and confirmed {len(m.confirmed)} "
-                f"(logged in {m.changes_log})")
+        line = (
+            f"imported {len(self.read.labels)} of {self.read.n_tasks} tasks from {self.export} into {m.manifest} "
+            f"({m.total} rows: {len(m.added)} added, {len(m.updated)} relabelled, {len(m.unchanged)} already so); "
+            f"the person changed {len(m.changed)} of the model's answers and confirmed {len(m.confirmed)} "
+            f"(logged in {m.changes_log})"
+        )
         if self.read.skipped.count():
             line += f"; left out {self.read.skipped.describe()}"
         return line

@@ -70,6 +70,9 @@ def select_for_review(
     unknown = sorted(set(selectors) - set(SELECTORS))
     if unknown:
         raise ReviewError(f"--select {','.join(unknown)}: not a reason to review; choose from {','.join(SELECTORS)}")
-    picked = [Selected(c, why) for c in sorted(candidates, key=review_order)
-              if (why := reasons_for(c, selectors, max_confidence))]
+    picked = [
+        Selected(c, why)
+        for c in sorted(candidates, key=review_order)
+        if (why := reasons_for(c, selectors, max_confidence))
+    ]
     return picked[:limit] if limit is not None else picked

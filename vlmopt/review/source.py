@@ -64,8 +64,10 @@ class ReviewSource:
 def task_controls(output: str, labels: list[str] | None, fields: dict[str, list[str]] | None, where: str):
     """Field -> classes for a task; a multi-label task, or one whose labels are unknown, is a ``ReviewError``."""
     if output == "multi_label":
-        raise ReviewError(f"{where}: review supports single-label and multi-field tasks only, not multi_label "
-                          "(one Choices per field; a label set has no pre-annotation score per label here)")
+        raise ReviewError(
+            f"{where}: review supports single-label and multi-field tasks only, not multi_label "
+            "(one Choices per field; a label set has no pre-annotation score per label here)"
+        )
     if output == "multi_field":
         return {name: list(values) for name, values in (fields or {}).items()}
     if not labels:
@@ -83,8 +85,9 @@ def config_controls(cfg) -> dict[str, list[str]] | None:
     return task_controls(task.output, labels, task.fields, cfg.name or "config")
 
 
-def read_source(path: str | Path, *, artifact: str | Path | None = None,
-                image_root: str | Path | None = None) -> ReviewSource:
+def read_source(
+    path: str | Path, *, artifact: str | Path | None = None, image_root: str | Path | None = None
+) -> ReviewSource:
     """The review candidates of a run directory or a predict output (see the module docstring).
 
     ``artifact`` gives the task (required for a predict output; for a run, it overrides the
@@ -99,12 +102,15 @@ def read_source(path: str | Path, *, artifact: str | Path | None = None,
         return _read_run(path, artifact, root)
     if path.exists() and (path.suffix.lower() in PREDICT_SUFFIXES or path.is_dir()):
         if artifact is None:
-            raise ReviewError(f"{path} is a predict output: give --artifact (the artifact predict ran), "
-                              "which holds the task's labels")
+            raise ReviewError(
+                f"{path} is a predict output: give --artifact (the artifact predict ran), which holds the task's labels"
+            )
         return _read_predict_output(path, artifact, root)
     what = "does not exist" if not path.exists() else "is neither a run directory nor a predict output"
-    raise ReviewError(f"{path} {what}: give a run directory (runs/<name>-<timestamp>/, with metrics.json) or a "
-                      f"`vlmopt predict` output ({', '.join(PREDICT_SUFFIXES)})")
+    raise ReviewError(
+        f"{path} {what}: give a run directory (runs/<name>-<timestamp>/, with metrics.json) or a "
+        f"`vlmopt predict` output ({', '.join(PREDICT_SUFFIXES)})"
+    )
 
 
 def _artifact_task(artifact: str | Path) -> tuple[dict[str, list[str]], str]:
@@ -131,14 +137,16 @@ def _read_run(path: Path, artifact: str | Path | None, root: Path) -> ReviewSour
     candidates = []
     for record in read_predictions(path):
         row = record.model_dump()
-        candidates.append(Candidate(
-            id=record.id,
-            image=_image_file(record.image_ref, root),
-            answer=fields_of(record.predicted),
-            confidence=record.confidence,
-            gold=fields_of(record.gold),
-            abstained=bool(row.get("abstained", False)),
-        ))
+        candidates.append(
+            Candidate(
+                id=record.id,
+                image=_image_file(record.image_ref, root),
+                answer=fields_of(record.predicted),
+                confidence=record.confidence,
+                gold=fields_of(record.gold),
+                abstained=bool(row.get("abstained", False)),
+            )
+        )
     return ReviewSource(path, controls, path.name, candidates)
 
 
@@ -152,13 +160,15 @@ def _read_predict_output(path: Path, artifact: str | Path, root: Path) -> Review
         label = row["label"] if valid else None
         if isinstance(label, str) and len(controls) > 1:  # a CSV cell holds a multi-field answer as JSON text
             label = json.loads(label) if label else None
-        candidates.append(Candidate(
-            id=str(row["id"]),
-            image=_image_file(str(row["id"]), root),
-            answer=fields_of(label or None),
-            confidence=_number(row.get("confidence")),
-            abstained=_truthy(row.get("abstained", False)),
-        ))
+        candidates.append(
+            Candidate(
+                id=str(row["id"]),
+                image=_image_file(str(row["id"]), root),
+                answer=fields_of(label or None),
+                confidence=_number(row.get("confidence")),
+                abstained=_truthy(row.get("abstained", False)),
+            )
+        )
     return ReviewSource(path, controls, model_version, candidates)
 
 
