@@ -86,6 +86,12 @@ def recorded_controls(tasks: list[dict[str, Any]]) -> dict[str, list[str]] | Non
 def read_export(path: Path, *, controls: dict[str, list[str]] | None = None) -> ReadExport:
     """The labels of every annotated task; ``controls`` (field -> classes) default to the tasks' ``meta``."""
     tasks = load_export(path)
+    for number, task in enumerate(tasks, start=1):
+        if not isinstance(task.get("data"), dict) or not task["data"].get(ITEM_ID):
+            raise ReviewError(
+                f"{_where(path, number, task)} has no data.{ITEM_ID}: this export is not of tasks "
+                "`vlmopt review export` wrote; export the project that holds them"
+            )
     controls = controls or recorded_controls(tasks)
     if not controls:
         raise ReviewError(
@@ -95,13 +101,7 @@ def read_export(path: Path, *, controls: dict[str, list[str]] | None = None) -> 
     found: dict[str, tuple[str, Reviewed]] = {}  # item id -> (annotation time, label): the latest wins
     read = ReadExport(controls, n_tasks=len(tasks))
     for number, task in enumerate(tasks, start=1):
-        data = task.get("data")
-        where = f"{path}: task {number} (Label Studio id {task.get('id')})"
-        if not isinstance(data, dict) or not data.get(ITEM_ID):
-            raise ReviewError(
-                f"{where} has no data.{ITEM_ID}: this export is not of tasks `vlmopt review export` "
-                "wrote; export the project that holds them"
-            )
+        data, where = task["data"], _where(path, number, task)
         item_id = str(data[ITEM_ID])
         annotation = _chosen_annotation(task.get("annotations"), where)
         if annotation is None:
@@ -130,6 +130,10 @@ def read_export(path: Path, *, controls: dict[str, list[str]] | None = None) -> 
         found[item_id] = (when, label)
     read.labels = [label for _, label in found.values()]
     return read
+
+
+def _where(path: Path, number: int, task: dict[str, Any]) -> str:
+    return f"{path}: task {number} (Label Studio id {task.get('id')})"
 
 
 def _chosen_annotation(annotations: Any, where: str) -> dict[str, Any] | None:
