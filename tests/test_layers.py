@@ -23,6 +23,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "datasets": ("vlmopt.programs", "vlmopt.serving", "vlmopt.optimizers", "vlmopt.reports", "vlmopt.pipeline"),
     "serving": ("vlmopt.optimizers", "vlmopt.reports", "vlmopt.pipeline", "vlmopt.evaluate", "vlmopt.cli"),
     "optimizers": ("vlmopt.pipeline", "vlmopt.cli"),
+    # review reads what runs and predict wrote and talks to Label Studio; it runs no model
+    "review": ("vlmopt.serving", "vlmopt.optimizers", "vlmopt.pipeline", "vlmopt.evaluate", "vlmopt.programs",
+               "vlmopt.cli"),
 }
 # the one deliberate exception: training the shipped micro-VLM starts from the tiny Idefics3 builder
 TESTING_IMPORT_ALLOWED = {("vlmopt/demo/micro_vlm.py", "build_untrained")}
