@@ -198,6 +198,18 @@ def test_multi_label_is_refused_in_one_line(multi_label_run_dir, tmp_path):
     assert len(done.output.strip().splitlines()) == 1
 
 
+def test_a_large_image_is_inlined_at_most_1024_px_and_upright(tmp_path):
+    from vlmopt.review.label_studio import INLINE_MAX_SIDE, inline_image
+
+    path = tmp_path / "wide.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: stored sideways, shown rotated by 90 degrees
+    Image.new("RGB", (3000, 1200), "red").save(path, exif=exif)
+    header, payload = inline_image(path).split(",", 1)
+    assert header == "data:image/jpeg;base64"
+    assert Image.open(io.BytesIO(base64.b64decode(payload))).size == (round(INLINE_MAX_SIDE * 1200 / 3000), INLINE_MAX_SIDE)
+
+
 def test_image_paths_resolve_against_the_image_root(review_run):
     root, run = review_run
     assert all(c.image is None for c in read_source(run, image_root=Path("/nonexistent")).candidates)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.label_interface import LabelInterface
 from typer.testing import CliRunner
 
@@ -48,6 +50,16 @@ def annotate_as_person(client: LabelStudio, project_id: int) -> set[str]:
             client.annotations.create(task.id, result=answer_result({"label": GOLD[item_id]}))
             answered.add(item_id)
     return answered
+
+
+def local_file(server, url: str) -> bytes | int:
+    """What the server answers for a task's local-files URL: the bytes, or the HTTP status of a refusal."""
+    request = urllib.request.Request(server.url + url, headers={"Authorization": f"Token {server.token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.read()
+    except urllib.error.HTTPError as refused:
+        return refused.code
 
 
 def project_round_trip(client: LabelStudio, tasks_path: Path, tmp_path: Path, *, storage: Path | None = None):
@@ -106,13 +118,15 @@ def test_round_trip_with_local_files_serves_the_images(label_studio, review_run,
                   "--local-files-root", label_studio.document_root)
     storage = (image_root / "data").resolve()
     assert f"with path {storage}" in done.output
+    first_url = json.loads(tasks_path.read_text())[0]["data"]["image"]
+    assert local_file(label_studio, first_url) == 404  # served only from a storage of some project
     client = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    with pytest.raises(ApiError, match="cannot be the same as LOCAL_FILES_DOCUMENT_ROOT"):
+        client.import_storage.local.create(project=client.projects.list().items[0].id,
+                                           path=str(label_studio.document_root))
     _, stored, answered, export = project_round_trip(client, tasks_path, tmp_path, storage=storage)
     for item_id, task in stored.items():
-        request = urllib.request.Request(label_studio.url + task.data["image"],
-                                         headers={"Authorization": f"Token {label_studio.token}"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert response.read() == (image_root / "data" / f"{item_id}.png").read_bytes()
+        assert local_file(label_studio, task.data["image"]) == (image_root / "data" / f"{item_id}.png").read_bytes()
 
     manifest = image_root / "data" / "labels.jsonl"
     invoke("review", "import", export, "--into", manifest)
