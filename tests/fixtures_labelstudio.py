@@ -62,17 +62,25 @@ def _account_args() -> list[str]:
 
 def _seed(document_root: Path) -> Path:
     """The migrated data directory with the test account, made once per venv and version."""
-    version = subprocess.run([str(VENV / "bin" / "python"), "-c",
-                              "import importlib.metadata as m; print(m.version('label-studio'))"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    version = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('label-studio'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     seed = VENV / f"vlmopt-test-seed-{version}"
     if (seed / "label_studio.sqlite3").is_file():
         return seed
     building = seed.with_name(seed.name + ".building")
     shutil.rmtree(building, ignore_errors=True)
-    subprocess.run([str(VENV / "bin" / "label-studio"), "init", "--data-dir", str(building), *_account_args()],
-                   env=_server_env(building, document_root), stdin=subprocess.DEVNULL, capture_output=True,
-                   timeout=INIT_TIMEOUT_S, check=True)
+    subprocess.run(
+        [str(VENV / "bin" / "label-studio"), "init", "--data-dir", str(building), *_account_args()],
+        env=_server_env(building, document_root),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=INIT_TIMEOUT_S,
+        check=True,
+    )
     building.rename(seed)
     return seed
 
@@ -109,10 +117,23 @@ def label_studio(tmp_path_factory) -> Iterator[LabelStudioServer]:
     log = base / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [str(VENV / "bin" / "label-studio"), "start", "--no-browser", "--data-dir", str(data_dir),
-             "--internal-host", "127.0.0.1", "--port", str(port), *_account_args()],
-            env=_server_env(data_dir, document_root), stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(VENV / "bin" / "label-studio"),
+                "start",
+                "--no-browser",
+                "--data-dir",
+                str(data_dir),
+                "--internal-host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *_account_args(),
+            ],
+            env=_server_env(data_dir, document_root),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:

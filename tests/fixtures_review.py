@@ -59,21 +59,23 @@ def label_studio_export(
             annotations.append(_annotation(number, [], cancelled=True))
         elif answers.get(item_id) is not None:
             annotations.append(_annotation(number, answer_result(answers[item_id])))
-        exported.append({
-            "id": number,
-            "annotations": annotations,
-            "drafts": [],
-            "predictions": [number] if task["predictions"] else [],
-            "data": task["data"],
-            "meta": task.get("meta", {}),
-            "created_at": "2026-12-02T09:18:36.785912Z",
-            "updated_at": "2026-12-02T09:18:37.416985Z",
-            "inner_id": number,
-            "total_annotations": sum(not a["was_cancelled"] for a in annotations),
-            "cancelled_annotations": sum(a["was_cancelled"] for a in annotations),
-            "total_predictions": len(task["predictions"]),
-            "project": 1,
-        })
+        exported.append(
+            {
+                "id": number,
+                "annotations": annotations,
+                "drafts": [],
+                "predictions": [number] if task["predictions"] else [],
+                "data": task["data"],
+                "meta": task.get("meta", {}),
+                "created_at": "2026-12-02T09:18:36.785912Z",
+                "updated_at": "2026-12-02T09:18:37.416985Z",
+                "inner_id": number,
+                "total_annotations": sum(not a["was_cancelled"] for a in annotations),
+                "cancelled_annotations": sum(a["was_cancelled"] for a in annotations),
+                "total_predictions": len(task["predictions"]),
+                "project": 1,
+            }
+        )
     return exported
 
 

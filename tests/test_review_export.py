@@ -35,11 +35,15 @@ def invoke(*args) -> object:
 
 def expected_review_order(max_confidence: float = MAX_CONFIDENCE) -> list[str]:
     """From the row table: invalid (confidence 0), low-confidence or wrong rows; least confident first."""
+
     def confidence(item_id):
         return 0.0 if item_id in INVALID_IDS else CONFIDENCE[item_id]
 
-    picked = [i for i in GOLD if i in INVALID_IDS or i in WRONG_IDS
-              or (CONFIDENCE[i] is not None and CONFIDENCE[i] < max_confidence)]
+    picked = [
+        i
+        for i in GOLD
+        if i in INVALID_IDS or i in WRONG_IDS or (CONFIDENCE[i] is not None and CONFIDENCE[i] < max_confidence)
+    ]
     known = sorted((i for i in picked if confidence(i) is not None), key=lambda i: (confidence(i), i))
     return known + sorted(i for i in picked if confidence(i) is None)
 
@@ -135,11 +139,20 @@ def test_a_predict_output_reads_the_same_in_every_format(tmp_path):
     from vlmopt.programs import create_program
 
     draw_images(tmp_path / "inbox", GOLD)
-    rows = [{"id": f"inbox/{i}.png", "label": PREDICTED[i] or "", "confidence": CONFIDENCE[i],
-             "valid": PREDICTED[i] is not None, "raw": ""} for i in GOLD]
+    rows = [
+        {
+            "id": f"inbox/{i}.png",
+            "label": PREDICTED[i] or "",
+            "confidence": CONFIDENCE[i],
+            "valid": PREDICTED[i] is not None,
+            "raw": "",
+        }
+        for i in GOLD
+    ]
     cfg = TaskConfig(dataset={"source": "-"}, task={"labels": SHAPES})
-    artifact = save_artifact(create_program(cfg.task, SHAPES), cfg, SHAPES, tmp_path / "artifact.json",
-                             metrics={}, provenance={})
+    artifact = save_artifact(
+        create_program(cfg.task, SHAPES), cfg, SHAPES, tmp_path / "artifact.json", metrics={}, provenance={}
+    )
     read = {}
     for suffix in (".jsonl", ".csv", ".parquet"):
         path = write_rows(rows, tmp_path / f"labels{suffix}")
@@ -159,8 +172,9 @@ def test_a_predict_output_reads_the_same_in_every_format(tmp_path):
 def test_the_cli_exports_and_explains_what_it_cannot_read(review_run, tmp_path):
     root, run = review_run
     out = tmp_path / "review" / "tasks.json"
-    done = invoke("review", "export", run, "-o", out, "--image-root", root, "--limit", "4", "--select",
-                  "invalid,disagree")
+    done = invoke(
+        "review", "export", run, "-o", out, "--image-root", root, "--limit", "4", "--select", "invalid,disagree"
+    )
     assert done.exit_code == 0, done.output
     assert "wrote 4 tasks" in done.output and labeling_config_path(out).is_file()
     assert [t["data"]["item_id"] for t in json.loads(out.read_text())] == ["img_06", "img_10", "img_11", "img_07"]
@@ -207,7 +221,10 @@ def test_a_large_image_is_inlined_at_most_1024_px_and_upright(tmp_path):
     Image.new("RGB", (3000, 1200), "red").save(path, exif=exif)
     header, payload = inline_image(path).split(",", 1)
     assert header == "data:image/jpeg;base64"
-    assert Image.open(io.BytesIO(base64.b64decode(payload))).size == (round(INLINE_MAX_SIDE * 1200 / 3000), INLINE_MAX_SIDE)
+    assert Image.open(io.BytesIO(base64.b64decode(payload))).size == (
+        round(INLINE_MAX_SIDE * 1200 / 3000),
+        INLINE_MAX_SIDE,
+    )
 
 
 def test_image_paths_resolve_against_the_image_root(review_run):

@@ -68,8 +68,10 @@ def test_every_label_survives_and_what_the_person_changed_is_logged(reviewed):
     assert {entry["id"] for entry in log} == labelled
     changed = {entry["id"] for entry in log if entry["changed"]}
     assert changed == {i for i in labelled if PREDICTED[i] != GOLD[i]}  # invalid outputs had nothing to confirm
-    assert all(entry["model_answer"] == ({"label": PREDICTED[entry["id"]]} if PREDICTED[entry["id"]] else None)
-               for entry in log)
+    assert all(
+        entry["model_answer"] == ({"label": PREDICTED[entry["id"]]} if PREDICTED[entry["id"]] else None)
+        for entry in log
+    )
     summary = result.summary()
     assert f"1 skipped ({CANCELLED[0]})" in summary and f"1 not annotated ({NOT_ANNOTATED})" in summary
     assert f"1 unknown label ({UNKNOWN}: label 'hexagon' is not one of {SHAPES})" in summary
@@ -87,8 +89,16 @@ def test_importing_the_same_export_twice_changes_nothing(reviewed):
 def test_the_manifest_loads_as_a_dataset_source(reviewed):
     export, _, manifest = reviewed
     import_review(export, manifest)
-    cfg = TaskConfig(dataset={"source": str(manifest), "id_column": "id", "image_column": "image",
-                              "label_column": "label", "max_image_side": 64}, task={"labels": SHAPES})
+    cfg = TaskConfig(
+        dataset={
+            "source": str(manifest),
+            "id_column": "id",
+            "image_column": "image",
+            "label_column": "label",
+            "max_image_side": 64,
+        },
+        task={"labels": SHAPES},
+    )
     splits = load_splits(cfg)
     rows = pd.read_csv(manifest, dtype=str)
     assert sorted(ex.id for ex in splits.all) == sorted(rows["id"]) and not splits.skipped
@@ -109,14 +119,25 @@ def test_the_latest_annotation_and_the_ground_truth_win(reviewed):
     export, _, manifest = reviewed
     tasks = json.loads(export.read_text())
     task = next(t for t in tasks if t["data"]["item_id"] == "img_11")
-    older = {**task["annotations"][0], "id": 90, "updated_at": "2026-12-01T00:00:00Z",
-             "result": [{**task["annotations"][0]["result"][0], "value": {"choices": ["square"]}}]}
+    older = {
+        **task["annotations"][0],
+        "id": 90,
+        "updated_at": "2026-12-01T00:00:00Z",
+        "result": [{**task["annotations"][0]["result"][0], "value": {"choices": ["square"]}}],
+    }
     task["annotations"].insert(0, older)
     duplicate = json.loads(json.dumps(task))  # the same item imported twice into the project, labelled later
     duplicate["id"] = 99
-    duplicate["annotations"] = [{**task["annotations"][1], "id": 98, "updated_at": "2026-12-03T00:00:00Z",
-                                 "result": [{**task["annotations"][1]["result"][0], "value": {"choices": ["square"]}},
-                                            ]}]
+    duplicate["annotations"] = [
+        {
+            **task["annotations"][1],
+            "id": 98,
+            "updated_at": "2026-12-03T00:00:00Z",
+            "result": [
+                {**task["annotations"][1]["result"][0], "value": {"choices": ["square"]}},
+            ],
+        }
+    ]
     export.write_text(json.dumps([*tasks, duplicate]))
     result = import_review(export, manifest)
     assert pd.read_csv(manifest, dtype=str).set_index("id").loc["img_11", "label"] == "square"
@@ -143,14 +164,23 @@ def test_the_cli_imports_and_a_config_sets_the_class_set(reviewed, tmp_path):
     assert pd.read_csv(manifest, dtype=str).set_index("id").loc[UNKNOWN, "label"] == "hexagon"
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("{not json", "is not JSON"),
-    ('{"id": 1, "data": {}}', "is not a list of tasks"),
-    ('[{"id": 7, "data": {"image": "x.png"}, "annotations": []}]', "task 1 (Label Studio id 7) has no data.item_id"),
-    ('[{"id": 7, "data": {"item_id": "a"}, "meta": {"vlmopt": {"controls": {"label": ["x", "y"]}}}, '
-     '"annotations": [{"id": 3, "was_cancelled": false}]}]', "annotation 3 has no 'result' list"),
-    ('[{"id": 7, "data": {"item_id": "a"}, "annotations": []}]', "no task records the class set"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is not JSON"),
+        ('{"id": 1, "data": {}}', "is not a list of tasks"),
+        (
+            '[{"id": 7, "data": {"image": "x.png"}, "annotations": []}]',
+            "task 1 (Label Studio id 7) has no data.item_id",
+        ),
+        (
+            '[{"id": 7, "data": {"item_id": "a"}, "meta": {"vlmopt": {"controls": {"label": ["x", "y"]}}}, '
+            '"annotations": [{"id": 3, "was_cancelled": false}]}]',
+            "annotation 3 has no 'result' list",
+        ),
+        ('[{"id": 7, "data": {"item_id": "a"}, "annotations": []}]', "no task records the class set"),
+    ],
+)
 def test_a_bad_export_is_one_line_naming_the_problem(tmp_path, content, message):
     export = tmp_path / "export.json"
     export.write_text(content)
@@ -180,8 +210,9 @@ def test_multi_field_labels_round_trip_into_one_column_per_field(multi_field_run
     tasks = json.loads((tmp_path / "tasks.json").read_text())
     gold = {item_id: g for item_id, g, *_ in MULTI_FIELD_ROWS}
     export = tmp_path / "export.json"
-    export.write_text(json.dumps(label_studio_export(tasks, {t["data"]["item_id"]: gold[t["data"]["item_id"]]
-                                                             for t in tasks})))
+    export.write_text(
+        json.dumps(label_studio_export(tasks, {t["data"]["item_id"]: gold[t["data"]["item_id"]] for t in tasks}))
+    )
     result = import_review(export, tmp_path / "data" / "cars.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "data" / "cars.jsonl").read_text().splitlines()]
     assert {r["id"]: {f: r[f] for f in FIELDS} for r in rows} == gold

@@ -85,8 +85,9 @@ def project_round_trip(client: LabelStudio, tasks_path: Path, tmp_path: Path, *,
         assert prediction.score == pytest.approx(CONFIDENCE[item_id])
     answered = annotate_as_person(client, project.id)
     export = tmp_path / "export.json"
-    export.write_bytes(b"".join(client.projects.exports.download_sync(project.id, download_all_tasks=True,
-                                                                        export_type="JSON")))
+    export.write_bytes(
+        b"".join(client.projects.exports.download_sync(project.id, download_all_tasks=True, export_type="JSON"))
+    )
     return project, stored, answered, export
 
 
@@ -114,16 +115,26 @@ def test_round_trip_with_local_files_serves_the_images(label_studio, review_run,
     image_root = label_studio.document_root / tmp_path.name
     shutil.copytree(root / "data", image_root / "data")
     tasks_path = tmp_path / "tasks.json"
-    done = invoke("review", "export", run, "-o", tasks_path, "--image-root", image_root,
-                  "--local-files-root", label_studio.document_root)
+    done = invoke(
+        "review",
+        "export",
+        run,
+        "-o",
+        tasks_path,
+        "--image-root",
+        image_root,
+        "--local-files-root",
+        label_studio.document_root,
+    )
     storage = (image_root / "data").resolve()
     assert f"with path {storage}" in done.output
     first_url = json.loads(tasks_path.read_text())[0]["data"]["image"]
     assert local_file(label_studio, first_url) == 404  # served only from a storage of some project
     client = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
     with pytest.raises(ApiError, match="cannot be the same as LOCAL_FILES_DOCUMENT_ROOT"):
-        client.import_storage.local.create(project=client.projects.list().items[0].id,
-                                           path=str(label_studio.document_root))
+        client.import_storage.local.create(
+            project=client.projects.list().items[0].id, path=str(label_studio.document_root)
+        )
     _, stored, answered, export = project_round_trip(client, tasks_path, tmp_path, storage=storage)
     for item_id, task in stored.items():
         assert local_file(label_studio, task.data["image"]) == (image_root / "data" / f"{item_id}.png").read_bytes()
