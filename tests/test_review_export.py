@@ -230,3 +230,13 @@ def test_a_large_image_is_inlined_at_most_1024_px_and_upright(tmp_path):
 def test_image_paths_resolve_against_the_image_root(review_run):
     root, run = review_run
     assert all(c.image is None for c in read_source(run, image_root=Path("/nonexistent")).candidates)
+
+
+def test_an_interrupted_run_without_metrics_is_read_from_its_config(review_run, tmp_path):
+    root, run = review_run
+    interrupted = tmp_path / run.name
+    shutil.copytree(run, interrupted)
+    (interrupted / "metrics.json").unlink()
+    source = read_source(interrupted, image_root=root)
+    assert source.controls == {"label": SHAPES}
+    assert source.candidates == read_source(run, image_root=root).candidates

@@ -94,12 +94,13 @@ def read_source(
     run's config). ``image_root`` is where relative image paths start (default: the current
     folder, where predict ran).
     """
-    from vlmopt.reports.run_dir import METRICS
+    from vlmopt.reports.run_dir import CONFIG, METRICS, PREDICTIONS
 
     path = Path(path)
     root = Path(image_root) if image_root is not None else Path.cwd()
-    if path.is_dir() and (path / METRICS).is_file():
-        return _read_run(path, artifact, root)
+    finished = (path / METRICS).is_file()
+    if path.is_dir() and (finished or ((path / CONFIG).is_file() and (path / PREDICTIONS).is_file())):
+        return _read_run(path, artifact, root)  # an interrupted run's rows are worth a review too
     if path.exists() and (path.suffix.lower() in PREDICT_SUFFIXES or path.is_dir()):
         if artifact is None:
             raise ReviewError(
@@ -113,13 +114,14 @@ def read_source(
     )
 
 
-def _artifact_task(artifact: str | Path) -> tuple[dict[str, list[str]], str]:
+def _artifact_task(artifact: str | Path) -> tuple[dict[str, list[str]], str, str]:
+    """The artifact's field -> classes, how Label Studio names its model, and its output kind."""
     from vlmopt.artifacts import read_verified
 
     frozen = read_verified(artifact)
     task = frozen.task
     controls = task_controls(task.output, task.labels, task.fields, str(artifact))
-    return controls, f"{Path(artifact).stem}@{frozen.sha256[:12]}"
+    return controls, f"{Path(artifact).stem}@{frozen.sha256[:12]}", task.output
 
 
 def _read_run(path: Path, artifact: str | Path | None, root: Path) -> ReviewSource:
@@ -127,13 +129,14 @@ def _read_run(path: Path, artifact: str | Path | None, root: Path) -> ReviewSour
     from vlmopt.reports.run_dir import CONFIG, METRICS, read_predictions
 
     if artifact is not None:
-        controls, _ = _artifact_task(artifact)
+        controls, _, _ = _artifact_task(artifact)
     else:
-        task = load_config(path / CONFIG).task if (path / CONFIG).is_file() else None
-        metrics = json.loads((path / METRICS).read_text(encoding="utf-8"))
-        output = task.output if task else metrics.get("output_kind", "single_label")
-        labels = (task.labels if task else None) or metrics.get("confusion", {}).get("labels")
-        controls = task_controls(output, labels, task.fields if task else None, str(path))
+        cfg = load_config(path / CONFIG) if (path / CONFIG).is_file() else None
+        controls = config_controls(cfg) if cfg is not None else None
+        if controls is None:  # labels read from the dataset: the ones metrics.json counted
+            metrics = json.loads((path / METRICS).read_text(encoding="utf-8")) if (path / METRICS).is_file() else {}
+            output = cfg.task.output if cfg is not None else metrics.get("output_kind", "single_label")
+            controls = task_controls(output, metrics.get("confusion", {}).get("labels"), None, str(path))
     candidates = []
     for record in read_predictions(path):
         row = record.model_dump()
@@ -151,15 +154,18 @@ def _read_run(path: Path, artifact: str | Path | None, root: Path) -> ReviewSour
 
 
 def _read_predict_output(path: Path, artifact: str | Path, root: Path) -> ReviewSource:
-    controls, model_version = _artifact_task(artifact)
+    controls, model_version, output = _artifact_task(artifact)
     candidates = []
     for number, row in enumerate(read_predict_rows(path), start=1):
         if "id" not in row or "label" not in row:
             raise ReviewError(f"{path}: row {number} has columns {sorted(row)}, not a predict row's id and label")
         valid = _truthy(row.get("valid", True))
         label = row["label"] if valid else None
-        if isinstance(label, str) and len(controls) > 1:  # a CSV cell holds a multi-field answer as JSON text
-            label = json.loads(label) if label else None
+        if isinstance(label, str) and output == "multi_field":  # a CSV cell holds the answer as JSON text
+            try:
+                label = json.loads(label) if label else None
+            except json.JSONDecodeError:
+                raise ReviewError(f"{path}: row {number}'s label {label!r} is not a multi-field answer") from None
         candidates.append(
             Candidate(
                 id=str(row["id"]),
