@@ -47,8 +47,9 @@ def test_the_labeling_page_shows_the_exported_image(label_studio, review_run, tm
     local = ("--local-files-root", label_studio.document_root) if how == "local-files" else ()
     task = export(run, tmp_path / "tasks.json", "--image-root", image_root, *local)
     client = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
-    project = client.projects.create(title=f"vlmopt ui {how}",
-                                     label_config=labeling_config_path(tmp_path / "tasks.json").read_text())
+    project = client.projects.create(
+        title=f"vlmopt ui {how}", label_config=labeling_config_path(tmp_path / "tasks.json").read_text()
+    )
     if local:
         client.import_storage.local.create(project=project.id, path=str((image_root / "data").resolve()))
     client.projects.import_tasks(project.id, request=[task])
@@ -56,8 +57,9 @@ def test_the_labeling_page_shows_the_exported_image(label_studio, review_run, tm
     expected = Image.open(image_root / "data" / f"{task['data']['item_id']}.png").size
 
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
+        )
         page = browser.new_page(viewport={"width": 1300, "height": 900})
         page.goto(f"{label_studio.url}/user/login", wait_until="load")
         page.fill("input[name=email]", USER)
