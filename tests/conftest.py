@@ -5,4 +5,5 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins: list[str] = ["fixtures_models", "fixtures_vllm", "fixtures_data", "fixtures_runs"]
+pytest_plugins: list[str] = ["fixtures_models", "fixtures_vllm", "fixtures_data", "fixtures_runs", "fixtures_review",
+                             "fixtures_labelstudio"]

@@ -33,7 +33,8 @@ def test_cli_help_and_config_validate_load_no_model_stack():
     transformers or datasets (the libraries are quieted through their environment variables instead)."""
     code = ("import sys; from typer.testing import CliRunner; from vlmopt.cli import app; r = CliRunner(); "
             "codes = [r.invoke(app, args).exit_code for args in "
-            "(['--help'], ['optimize', '--help'], ['config', 'validate', 'configs/cats_vs_dogs.yaml'])]; "
+            "(['--help'], ['optimize', '--help'], ['review', 'export', '--help'], "
+            "['config', 'validate', 'configs/cats_vs_dogs.yaml'])]; "
             "print(codes, sorted(m for m in ('torch', 'dspy', 'transformers', 'datasets') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[0, 0, 0] []"
+    assert done.stdout.strip() == "[0, 0, 0, 0] []"

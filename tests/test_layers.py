@@ -27,6 +27,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # LoRA fine-tuning trains and evaluates the VLM program itself: it sits where optimize does
     "alternatives/finetune": ("vlmopt.optimizers", "vlmopt.cli"),
     "alternatives/finetune_data": ("vlmopt.optimizers", "vlmopt.pipeline", "vlmopt.evaluate", "vlmopt.cli"),
+    # review reads what runs and predict wrote and talks to Label Studio; it runs no model
+    "review": ("vlmopt.serving", "vlmopt.optimizers", "vlmopt.pipeline", "vlmopt.evaluate", "vlmopt.programs",
+               "vlmopt.cli"),
 }
 ABOVE_THE_PROGRAM = {"alternatives/finetune.py", "alternatives/finetune_data.py"}
 """The alternatives that run the VLM program, checked by their own rules instead of the package's."""

@@ -17,6 +17,7 @@ from rich.console import Console
 from vlmopt.cli_baseline import baseline
 from vlmopt.cli_choices import AbstainConfidence, Backend, ExportFormat, Method, Objective, Split
 from vlmopt.cli_errors import check_output_file, err_console, user_errors
+from vlmopt.cli_review import review_app
 from vlmopt.config import ConfigError, TaskConfig, load_config
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Check and show task configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(review_app, name="review")
 
 console = Console()
 
