@@ -99,7 +99,7 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for name, n, metrics in (("before", labelled_before, before), ("after", labelled_after, after)):
             selective = metrics.get("selective") or {}
-            low, high = metrics.get("accuracy_ci", [None, None])
+            low, high = metrics["accuracy_ci"]["low"], metrics["accuracy_ci"]["high"]
             answered = selective.get("accuracy_answered")
             print(f"| {name} | {n} | {metrics['accuracy']:.3f} [{low:.3f}, {high:.3f}] | "
                   f"{selective.get('coverage', float('nan')):.3f} | "
