@@ -120,8 +120,22 @@ def forward_to(upstream: str, handler: BaseHTTPRequestHandler, body: bytes) -> N
 
 
 @contextmanager
+def loopback_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded HTTP server on 127.0.0.1 answering with ``handler``; yields its root URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+@contextmanager
 def loopback_proxy(handle: Callable[[BaseHTTPRequestHandler, bytes], None]) -> Iterator[str]:
-    """A threaded HTTP server on 127.0.0.1 whose POSTs go to ``handle``; yields its ``/v1`` base URL."""
+    """A loopback server whose POSTs go to ``handle``; yields its ``/v1`` base URL."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's spelling)
@@ -130,15 +144,8 @@ def loopback_proxy(handle: Callable[[BaseHTTPRequestHandler, bytes], None]) -> I
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with loopback_server(Handler) as root:
+        yield f"{root}/v1"
 
 
 def shapes_config(data_folder: Path, tmp_path: Path, base_url: str, model: str, *, num_threads: int = 2,

@@ -18,12 +18,21 @@ from pathlib import Path
 
 import pytest
 
-from test_predict_stream import REPO, WEIGHTS, dead_server_config, failures_of, invoke, rows_of, shapes_artifact
+from test_predict_stream import (
+    REPO,
+    WEIGHTS,
+    dead_server_config,
+    failures_of,
+    invoke,
+    rerun_counts,
+    rows_of,
+    shapes_artifact,
+)
 from vlmopt.artifacts import load_artifact
 from vlmopt.config import TaskConfig
 from vlmopt.predict import predict_to_file
 from vlmopt.predict.ray_runner import predict_on_ray
-from vlmopt.serving.factory import close_lm, create_lm
+from vlmopt.serving.factory import create_lm
 from vlmopt.testing.images import make_image_dataset
 
 ray = pytest.importorskip("ray")
@@ -49,11 +58,8 @@ def test_ray_actors_write_the_rows_single_machine_predict_writes(tmp_path, tiny_
     cfg = TaskConfig(model={"id": str(tiny_idefics3_dir), "max_new_tokens": 16},
                      dataset={"source": "-", "max_image_side": 64}, task=frozen.task)
 
-    lm = create_lm(cfg)
-    try:
-        local = predict_to_file(frozen, [data.folder], tmp_path / "local.jsonl", lm=lm, num_threads=1)
-    finally:
-        close_lm(lm)
+    local = predict_to_file(frozen, [data.folder], tmp_path / "local.jsonl", lm=lambda: create_lm(cfg),
+                            num_threads=1)  # the LM it builds, it closes
     out = tmp_path / "labels.parquet"
     summary = predict_on_ray(artifact, [data.folder], out, cfg=cfg, actors=2, batch_size=3)
 
@@ -85,11 +91,8 @@ def test_ray_actors_as_clients_of_the_vllm_server_write_the_rows_one_machine_wri
     cfg = TaskConfig(model={"id": vllm_server.model, "max_new_tokens": 16},
                      dataset={"source": "-", "max_image_side": 64}, task=frozen.task,
                      backend={"kind": "openai", "base_url": vllm_server.base_url})
-    lm = create_lm(cfg)
-    try:
-        local = predict_to_file(frozen, [data.folder], tmp_path / "local.jsonl", lm=lm, num_threads=2)
-    finally:
-        close_lm(lm)
+    local = predict_to_file(frozen, [data.folder], tmp_path / "local.jsonl", lm=lambda: create_lm(cfg),
+                            num_threads=2)  # the LM it builds, it closes
     out = tmp_path / "labels.jsonl"
     summary = predict_on_ray(artifact, [data.folder], out, cfg=cfg, actors=2, num_threads=2, batch_size=2)
     assert (summary.total, summary.predicted, summary.exit_code) == (9, 9, 0) and summary.labels == local.labels
@@ -134,11 +137,7 @@ def test_a_ray_run_killed_mid_way_keeps_its_rows_and_one_machine_predict_finishe
     kept = n_rows()
     assert 8 <= kept < 36, "the kill came too late to be mid-run"
 
-    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    said = " ".join(rerun.stdout.split())
-    skipped = int(re.search(r"already in the output \(skipped\) │ (\d+)", said).group(1))
-    predicted = int(re.search(r"predicted this run │ (\d+)", said).group(1))
+    skipped, predicted = rerun_counts(command, env)
     assert skipped == kept and skipped + predicted == 36
     ids = [row["id"] for row in rows_of(out)]
     assert sorted(ids) == sorted(str(data.root / rel) for rel, _ in data.items)  # every file exactly once

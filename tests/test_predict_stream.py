@@ -4,17 +4,14 @@ Real commands on the tiny random Idefics3 (in-process) and real network failures
 port nobody listens on). The kill is a real SIGKILL of a `vlmopt predict` subprocess mid-run.
 """
 
-import functools
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-from contextlib import contextmanager
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -22,6 +19,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from fixtures_vllm import loopback_server
 from vlmopt.artifacts import load_artifact, save_artifact
 from vlmopt.cli import app
 from vlmopt.config import TaskConfig
@@ -112,6 +110,16 @@ def test_max_failures_stops_the_run_with_exit_2_and_says_why(tmp_path):
     assert rows_of(out) == []
 
 
+
+def rerun_counts(command: list[str], env: dict[str, str]) -> tuple[int, int]:
+    """Run ``command`` (a ``vlmopt predict``) to completion; (skipped, predicted) from its summary table."""
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    said = " ".join(rerun.stdout.split())
+    skipped = int(re.search(r"already in the output \(skipped\) │ (\d+)", said).group(1))
+    predicted = int(re.search(r"predicted this run │ (\d+)", said).group(1))
+    return skipped, predicted
+
 @pytest.mark.slow
 def test_a_rerun_after_the_server_failed_predicts_only_what_is_missing(tmp_path, tiny_idefics3_dir, bad_images):
     data = make_image_dataset(tmp_path / "data", n_per_class=2)
@@ -153,11 +161,7 @@ def test_sigkill_mid_run_then_rerun_predicts_every_file_exactly_once(tmp_path, t
     kept = n_rows()
     assert 5 <= kept < 30, "the kill came too late to be mid-run"
 
-    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    said = " ".join(rerun.stdout.split())
-    skipped = int(re.search(r"already in the output \(skipped\) │ (\d+)", said).group(1))
-    predicted = int(re.search(r"predicted this run │ (\d+)", said).group(1))
+    skipped, predicted = rerun_counts(command, env)
     assert skipped >= kept and skipped + predicted == 30  # the kill lost only rows in flight, none twice
     ids = [row["id"] for row in rows_of(out)]
     assert sorted(ids) == sorted(str(data.root / rel) for rel, _ in data.items)  # every file exactly once
@@ -218,19 +222,17 @@ def test_a_notebook_call_predicts_a_folder_and_keeps_no_prompts_in_dspy_history(
     assert GLOBAL_HISTORY[-1:] == last_before and lm.history == []
 
 
-@contextmanager
 def serving_folder(folder: Path):
     """A loopback HTTP server for ``folder``'s files (the stand-in for a bucket's https:// URLs)."""
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *args: None
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+
+    class Files(SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return loopback_server(Files)
 
 
 def test_a_manifest_of_urls_is_predicted_like_the_files_and_bad_urls_are_failure_rows(tmp_path, tiny_idefics3_dir):

@@ -8,15 +8,12 @@ Playwright drives it through ``executable_path``: no browser download. Without
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
+from chromium import CHROMIUM, require_chromium
 from fixtures_runs import INVALID_IDS, SINGLE_LABEL_ROWS, WRONG_IDS
 from vlmopt.reports.html import write_report
 
-CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -26,12 +23,7 @@ FLAGS = [
     "--no-first-run",
 ]
 
-if not CHROMIUM.exists():
-    message = f"{CHROMIUM} is absent: run scripts/install_chromium.sh (make test does)"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the browser test: {message}", pytrace=False)
-    pytest.skip(message, allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: pip install -e '.[dev]'")
+sync_api = require_chromium()
 
 ALL_IDS = [row[0] for row in SINGLE_LABEL_ROWS]
 

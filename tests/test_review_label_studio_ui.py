@@ -9,7 +9,6 @@ exported image's size. Chromium comes from scripts/install_chromium.sh, as for t
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -18,19 +17,14 @@ from label_studio_sdk import LabelStudio
 from PIL import Image
 from typer.testing import CliRunner
 
+from chromium import CHROMIUM, require_chromium
 from fixtures_labelstudio import PASSWORD, USER
 from vlmopt.cli import app
 from vlmopt.review.export import labeling_config_path
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    message = f"{CHROMIUM} is absent: run scripts/install_chromium.sh (make test does)"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the browser test: {message}", pytrace=False)
-    pytest.skip(message, allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: pip install -e '.[dev]'")
+sync_api = require_chromium()
 
 
 def export(run: Path, out: Path, *options) -> dict:
